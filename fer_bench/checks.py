@@ -1,0 +1,136 @@
+"""The contract suite every registered method must pass (scikit-learn's ``check_estimator`` habit).
+
+``check_method(name)`` fits the method in its ``test`` profile on a tiny learnable toy dataset and
+checks the contract of DESIGN.md section 3. New methods get it for free: the test suite runs it over
+every name in the registry. Each check raises ``AssertionError`` with a sentence saying what broke.
+"""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fer_bench.data import FERDataset, fingerprint_of
+from fer_bench.method import Method, NotFittedError, ParameterError
+from fer_bench.registry import get_method
+
+
+def toy_dataset(n: int = 96, size: int = 24, num_classes: int = 3, seed: int = 0, split: str = "train") -> FERDataset:
+    """A tiny learnable dataset: class c is a bright square in corner c on a noisy background."""
+    rng = np.random.default_rng([seed, {"train": 0, "val": 1, "test": 2}.get(split, 3)])
+    labels = np.arange(n) % num_classes
+    rng.shuffle(labels)
+    images = rng.integers(0, 90, size=(n, size, size, 3), dtype=np.uint8)
+    half = size // 2
+    for i, c in enumerate(labels):
+        r, q = divmod(int(c) % 4, 2)
+        images[i, r * half:(r + 1) * half, q * half:(q + 1) * half] = np.uint8(200 + 10 * (c // 4))
+    classes = tuple(range(1, 1 + num_classes))  # happy, sad, surprise ...
+    return FERDataset(images=images, labels=labels.astype(np.int64), classes=classes, name="toy", split=split,
+                      fingerprint=fingerprint_of("toy", n, size, num_classes, seed, split),
+                      groups=np.arange(n) // 4)
+
+
+def check_method(name: str, profile: str = "test", workdir: str | Path | None = None) -> list[str]:
+    """Run every contract check on the registered method ``name``; returns the names of the checks run."""
+    cls = get_method(name)
+    params = cls.resolve_params(profile)
+    params["device"] = "cpu"
+    train, test = toy_dataset(split="train"), toy_dataset(n=30, split="test")
+    done = []
+    with tempfile.TemporaryDirectory() if workdir is None else contextlib.nullcontext(workdir) as tmp:
+        for check in CHECKS:
+            check(cls, params, train, test, Path(tmp))
+            done.append(check.__name__)
+    return done
+
+
+def _fitted(cls: type[Method], params: dict, train: FERDataset) -> Method:
+    method = cls(**params)
+    returned = method.fit(train)
+    assert returned is method, f"{cls.display_name()}.fit must return self, returned {type(returned).__name__}."
+    return method
+
+
+def check_unknown_parameter_rejected(cls, params, train, test, tmp) -> None:
+    try:
+        cls(**params, no_such_parameter=1)
+    except ParameterError as exc:
+        assert "no_such_parameter" in str(exc), f"the error for an unknown parameter must name it: {exc}"
+    else:
+        raise AssertionError(f"{cls.display_name()} accepted an unknown parameter.")
+
+
+def check_bad_value_rejected(cls, params, train, test, tmp) -> None:
+    try:
+        cls(**{**params, "seed": -1})
+    except ParameterError as exc:
+        assert "'seed'" in str(exc) and "Got -1" in str(exc), f"unclear error for a bad value: {exc}"
+    else:
+        raise AssertionError(f"{cls.display_name()} accepted seed=-1.")
+
+
+def check_predict_before_fit_raises(cls, params, train, test, tmp) -> None:
+    method = cls(**params)
+    for call in (method.predict, method.predict_proba, method.embed):
+        try:
+            call(test)
+        except NotFittedError as exc:
+            assert "fit" in str(exc), f"the not-fitted error must say to call fit: {exc}"
+        else:
+            raise AssertionError(f"{cls.display_name()}.{call.__name__} before fit did not raise NotFittedError.")
+
+
+def check_outputs(cls, params, train, test, tmp) -> None:
+    method = _fitted(cls, params, train)
+    n, c = len(test), train.num_classes
+    proba = method.predict_proba(test)
+    assert proba.shape == (n, c) and proba.dtype == np.float32, f"predict_proba gave {proba.dtype} {proba.shape}, expected float32 {(n, c)}."
+    assert np.all(proba >= 0) and np.allclose(proba.sum(1), 1.0, atol=1e-4), "predict_proba rows must be >= 0 and sum to 1."
+    pred = method.predict(test)
+    assert pred.shape == (n,) and pred.dtype == np.int64, f"predict gave {pred.dtype} {pred.shape}, expected int64 ({n},)."
+    assert pred.min() >= 0 and pred.max() < c, "predict must return indices into the training classes."
+    assert np.array_equal(pred, proba.argmax(1)), "predict must be the arg-max of predict_proba."
+    emb = method.embed(test)
+    assert emb.dtype == np.float32 and emb.ndim == 2 and len(emb) == n, f"embed gave {emb.dtype} {emb.shape}, expected float32 (N, D)."
+    assert np.all(np.isfinite(emb)), "embed returned non-finite values."
+    assert method.embed(test.images[:1]).shape == (1, emb.shape[1]), "embed of a single image must work."
+
+
+def check_same_seed_same_predictions(cls, params, train, test, tmp) -> None:
+    a = _fitted(cls, params, train).predict_proba(test)
+    b = _fitted(cls, params, train).predict_proba(test)
+    assert np.array_equal(a, b), f"{cls.display_name()}: the same seed twice gave different predictions on CPU."
+
+
+def check_params_clone_roundtrip(cls, params, train, test, tmp) -> None:
+    method = cls(**params)
+    assert method.get_params() == params, "get_params must return exactly the constructor's parameters."
+    clone = method.clone()
+    assert clone is not method and clone.get_params() == params, "clone must copy the parameters."
+    assert not getattr(clone, "is_fitted_", False), "clone must return an unfitted method."
+
+
+def check_save_load_roundtrip(cls, params, train, test, tmp) -> None:
+    method = _fitted(cls, params, train)
+    folder = method.save(Path(tmp) / f"saved_{cls.display_name()}")
+    loaded = Method.load(folder)
+    assert type(loaded) is cls, f"Method.load returned {type(loaded).__name__}, expected {cls.__name__}."
+    assert loaded.get_params() == method.get_params(), "save/load must keep the parameters."
+    assert loaded.classes_ == method.classes_, "save/load must keep the classes."
+    assert np.allclose(loaded.predict_proba(test), method.predict_proba(test), atol=1e-6), "save/load changed predict_proba."
+    assert np.allclose(loaded.embed(test), method.embed(test), atol=1e-5), "save/load changed embed."
+
+
+CHECKS: list[Callable] = [
+    check_unknown_parameter_rejected,
+    check_bad_value_rejected,
+    check_predict_before_fit_raises,
+    check_params_clone_roundtrip,
+    check_outputs,
+    check_same_seed_same_predictions,
+    check_save_load_roundtrip,
+]

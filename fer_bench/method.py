@@ -1,0 +1,533 @@
+"""The method contract (DESIGN.md section 3): ``Method`` and ``TorchMethod``.
+
+In the spirit of scikit-learn estimators: the constructor only stores declared parameters (checked
+once, in one voice), ``fit`` returns ``self``, fitted state ends in ``_``, ``predict`` derives from
+``predict_proba`` in the base class. ``TorchMethod`` owns the one training loop
+(:mod:`fer_bench.train`); a plugin writes only its maths: ``build``, ``loss`` and, where needed,
+``sampler``, ``make_batch``, ``on_epoch_end``, ``features`` and ``logits``.
+
+Profiles: every method declares ``test`` (seconds on CPU), ``quick`` (the default, minutes on a
+2-core CPU) and ``paper`` (the paper's hyperparameters, per dataset where the paper differs, under
+the key ``"datasets"``). ``resolve_params`` applies declared defaults, then the profile, then the
+per-dataset paper values, then ``--set`` overrides.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fer_bench
+from fer_bench.data import FERDataset, stratified_holdout
+
+log = logging.getLogger(__name__)
+
+PROFILES = ("test", "quick", "paper")
+
+
+class NotFittedError(RuntimeError):
+    """A method was used before ``fit``."""
+
+
+class ParameterError(ValueError):
+    """A bad parameter value or name (a usage error: the CLI exits with code 2)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Declared parameters
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """A declared parameter: default, type, and an interval or a set of allowed values.
+
+    ``low`` / ``high`` bound numbers (open bounds unless ``closed`` says otherwise: "left", "right",
+    "both", "neither"); ``choices`` lists allowed values; ``none_ok`` admits None.
+    """
+
+    default: Any
+    type: type | tuple[type, ...] = object
+    low: float | None = None
+    high: float | None = None
+    closed: str = "both"
+    choices: tuple | None = None
+    none_ok: bool = False
+    doc: str = ""
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            tname = {int: "an int", float: "a float", str: "a str", bool: "a bool"}.get(self.type, "a value")
+            if isinstance(self.type, tuple):
+                tname = " or ".join(t.__name__ for t in self.type)
+            text = tname
+            if self.low is not None or self.high is not None:
+                lo = "-inf" if self.low is None else f"{self.low:g}"
+                hi = "inf" if self.high is None else f"{self.high:g}"
+                left = "[" if self.closed in ("both", "left") and self.low is not None else "("
+                right = "]" if self.closed in ("both", "right") and self.high is not None else ")"
+                text += f" in {left}{lo}, {hi}{right}"
+        return text + (" or None" if self.none_ok else "")
+
+    def check(self, value: Any) -> Any:
+        """The value coerced (int -> float, strings from the command line) or raise ValueError."""
+        if self.none_ok and isinstance(value, str) and value.strip().lower() in ("none", "null"):
+            value = None
+        if value is None:
+            if self.none_ok:
+                return None
+            raise ValueError
+        if isinstance(value, str) and self.type is not str and self.choices is None:
+            value = _parse_scalar(value)
+        if self.type is float and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            value = float(value)
+        if self.type is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, np.generic):
+            value = value.item()
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ValueError
+            return value
+        if self.type is not object:
+            if isinstance(value, bool) and self.type is not bool and (not isinstance(self.type, tuple) or bool not in self.type):
+                raise ValueError
+            if not isinstance(value, self.type):
+                raise ValueError
+        if self.low is not None or self.high is not None:
+            if not isinstance(value, (int, float)) or math.isnan(value):
+                raise ValueError
+            if self.low is not None and (value < self.low or (value == self.low and self.closed in ("right", "neither"))):
+                raise ValueError
+            if self.high is not None and (value > self.high or (value == self.high and self.closed in ("left", "neither"))):
+                raise ValueError
+        return value
+
+
+def _parse_scalar(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(items: Iterable[str], method_names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """``["qcs.lr=1e-5", "baseline.epochs=3"]`` -> ``{"qcs": {"lr": "1e-5"}, ...}`` (values stay text).
+
+    ``method`` must be one of ``method_names`` (or ``*`` for every method); values are parsed and
+    checked later against each method's declared parameters.
+    """
+    names = set(method_names)
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        target, eq, value = item.partition("=")
+        method, dot, param = target.partition(".")
+        if not eq or not dot or not method or not param:
+            raise ParameterError(f"--set {item!r} is not of the form method.param=value; write e.g. --set baseline.lr=1e-3.")
+        if method != "*" and method not in names:
+            raise ParameterError(f"--set {item!r} names method {method!r}, which is not in this run "
+                                 f"({', '.join(sorted(names))}); use one of those or '*'.")
+        out.setdefault(method, {})[param.strip()] = value.strip()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The contract
+
+
+class Method:
+    """Base class of every fer-bench method.
+
+    Subclasses declare ``params`` (merged with their bases') and ``profiles``, and implement
+    ``_fit``, ``_predict_proba`` and ``_embed``. The base class owns input checks, the label space,
+    the seed, output shapes and persistence.
+    """
+
+    params: ClassVar[dict[str, Param]] = {
+        "seed": Param(0, int, low=0, doc="seed of every random draw of this method"),
+        "device": Param("auto", str, doc="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'"),
+    }
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {"test": {}, "quick": {}, "paper": {}}
+    registered_name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        merged: dict[str, Param] = {}
+        for base in reversed(cls.__mro__):
+            merged.update(base.__dict__.get("params", {}))
+        cls.params = merged
+        for profile in PROFILES:
+            cls.profiles.setdefault(profile, {})
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            raise ParameterError(f"{self.display_name()} has no parameter {unknown[0]!r}; "
+                                 f"allowed: {', '.join(sorted(self.params))}.")
+        for name, spec in self.params.items():
+            value = params.get(name, spec.default)
+            try:
+                value = spec.check(value)
+            except (ValueError, TypeError):
+                raise ParameterError(f"The {name!r} parameter of {self.display_name()} must be {spec.describe()}. "
+                                     f"Got {value!r} instead.") from None
+            setattr(self, name, value)
+
+    # -- configuration -----------------------------------------------------------------------------
+    @classmethod
+    def display_name(cls) -> str:
+        return cls.registered_name or cls.__name__
+
+    def get_params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.params}
+
+    def set_params(self, **params: Any) -> "Method":
+        new = {**self.get_params(), **params}
+        self.__init__(**new)  # type: ignore[misc]
+        return self
+
+    def clone(self) -> "Method":
+        """A new, unfitted method with the same parameters."""
+        return type(self)(**copy.deepcopy(self.get_params()))
+
+    @classmethod
+    def resolve_params(cls, profile: str = "quick", dataset: str | None = None,
+                       overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Declared defaults <- profile <- paper per-dataset values <- overrides, checked."""
+        if profile not in PROFILES:
+            raise ParameterError(f"Unknown profile {profile!r}; allowed: {', '.join(PROFILES)}.")
+        table = dict(cls.profiles.get(profile, {}))
+        per_dataset = table.pop("datasets", {})
+        values = {name: spec.default for name, spec in cls.params.items()}
+        values.update(table)
+        if dataset is not None:
+            values.update(per_dataset.get(dataset, {}))
+        values.update(overrides or {})
+        return cls(**values).get_params()  # validates, coerces strings
+
+    # -- the contract -------------------------------------------------------------------------------
+    def fit(self, train: FERDataset, val: FERDataset | None = None) -> "Method":
+        _check_dataset(train, "train", self.display_name())
+        if val is not None:
+            _check_dataset(val, "val", self.display_name())
+            if tuple(val.classes) != tuple(train.classes):
+                raise ValueError(f"{self.display_name()}: val classes {val.classes} differ from train classes {train.classes}.")
+        self.classes_ = tuple(train.classes)
+        self.num_classes_ = len(self.classes_)
+        self._fit(train, val)
+        self.is_fitted_ = True
+        return self
+
+    def predict_proba(self, data: FERDataset | np.ndarray) -> np.ndarray:
+        images = self._check_input(data)
+        proba = np.asarray(self._predict_proba(images), dtype=np.float32)
+        if proba.shape != (len(images), self.num_classes_):
+            raise RuntimeError(f"{self.display_name()}._predict_proba returned shape {proba.shape}, "
+                               f"expected {(len(images), self.num_classes_)}.")
+        return proba
+
+    def predict(self, data: FERDataset | np.ndarray) -> np.ndarray:
+        """Indices into the training ``classes``: the arg-max of ``predict_proba``."""
+        return self.predict_proba(data).argmax(axis=1).astype(np.int64)
+
+    def embed(self, data: FERDataset | np.ndarray) -> np.ndarray:
+        """The representation the paper studies, float32 (N, D)."""
+        images = self._check_input(data)
+        emb = np.ascontiguousarray(self._embed(images), dtype=np.float32)
+        if emb.ndim != 2 or len(emb) != len(images):
+            raise RuntimeError(f"{self.display_name()}._embed returned shape {emb.shape}, expected (N, D).")
+        return emb
+
+    # -- to implement -------------------------------------------------------------------------------
+    def _fit(self, train: FERDataset, val: FERDataset | None) -> None:
+        raise NotImplementedError
+
+    def _predict_proba(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _embed(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _get_state(self) -> dict[str, Any]:
+        """Fitted state as a dict of tensors / numbers / lists (saved with weights_only=True)."""
+        return {}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``params.json`` and ``state.pt`` into ``directory``."""
+        self._require_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"method": self.display_name(), "class": f"{type(self).__module__}.{type(self).__qualname__}",
+                "params": self.get_params(), "classes": list(self.classes_), "fer_bench": fer_bench.__version__}
+        _atomic_write_text(directory / "params.json", json.dumps(meta, indent=2, sort_keys=True))
+        state = {"classes": torch.tensor(self.classes_), **self._get_state()}
+        tmp = directory / "state.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(directory / "state.pt")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Method":
+        """Read a method written by ``save``; tensors are read with ``weights_only=True``."""
+        directory = Path(directory)
+        if not (directory / "params.json").is_file() or not (directory / "state.pt").is_file():
+            raise FileNotFoundError(f"{str(directory)!r} holds no saved method (params.json and state.pt); "
+                                    f"pass a folder written by Method.save.")
+        meta = json.loads((directory / "params.json").read_text())
+        target = cls
+        if cls is Method or cls is TorchMethod:
+            from fer_bench.registry import get_method
+            target = get_method(meta["method"])
+        method = target(**meta["params"])
+        state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
+        method.classes_ = tuple(int(c) for c in state.pop("classes").tolist())
+        method.num_classes_ = len(method.classes_)
+        method._set_state(state)
+        method.is_fitted_ = True
+        return method
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _require_fitted(self) -> None:
+        if not getattr(self, "is_fitted_", False):
+            raise NotFittedError(f"This {self.display_name()} instance is not fitted yet; call fit(train) first.")
+
+    def _check_input(self, data: FERDataset | np.ndarray) -> np.ndarray:
+        self._require_fitted()
+        images = data.images if isinstance(data, FERDataset) else np.asarray(data)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"{self.display_name()} expects uint8 images (N, H, W, 3) or a FERDataset; "
+                             f"got {images.dtype} {images.shape}.")
+        return images
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self.get_params().items() if v != self.params[k].default}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+
+def _check_dataset(data: FERDataset, role: str, who: str) -> None:
+    if not isinstance(data, FERDataset):
+        raise TypeError(f"{who}.fit expects FERDataset objects for {role}; got {type(data).__name__}.")
+    if len(data) == 0:
+        raise ValueError(f"{who}.fit got an empty {role} split ({data.name}/{data.split}).")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ParameterError(f"device {device!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto.")
+    return resolved
+
+
+# --------------------------------------------------------------------------------------------------
+# Torch methods
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class TorchMethod(Method):
+    """A method trained by the one training loop. Plugins implement ``build`` and ``loss``.
+
+    Optional hooks: ``sampler(train, generator)`` (index batches of an epoch), ``make_batch`` (index
+    -> batch dict), ``on_epoch_end(epoch)``, ``features(x)`` (the embedding) and ``logits(x)``.
+    """
+
+    params: ClassVar[dict[str, Param]] = {
+        "backbone": Param("smallcnn", str, doc="backbone name (fer_bench.models.BACKBONES)"),
+        "pretrained": Param(None, str, none_ok=True, doc="None, 'imagenet' or a path to a state_dict file"),
+        "image_size": Param(48, int, low=8, high=512),
+        "epochs": Param(10, int, low=1),
+        "batch_size": Param(128, int, low=1),
+        "eval_batch_size": Param(256, int, low=1),
+        "optimizer": Param("adam", choices=("adam", "adamw", "sgd", "sam")),
+        "sam_base": Param("sgd", choices=("sgd", "adam"), doc="base optimizer wrapped by SAM"),
+        "sam_rho": Param(0.05, float, low=0.0, closed="neither"),
+        "lr": Param(1e-3, float, low=0.0, closed="neither"),
+        "weight_decay": Param(0.0, float, low=0.0),
+        "momentum": Param(0.9, float, low=0.0, high=1.0, closed="left"),
+        "scheduler": Param("none", choices=("none", "exponential", "step", "cosine")),
+        "gamma": Param(0.9, float, low=0.0, high=1.0, closed="right"),
+        "step_size": Param(10, int, low=1),
+        "augment": Param("light", choices=("none", "light", "standard")),
+        "select": Param("last", choices=("last", "best_val"), doc="model selection: last epoch or best validation accuracy"),
+        "val_fraction": Param(0.1, float, low=0.0, high=0.5, closed="left",
+                              doc="hold-out carved from train when select='best_val' and no val split is given"),
+        "amp": Param(True, bool, doc="mixed precision on CUDA (ignored on CPU)"),
+        "grad_clip": Param(None, float, low=0.0, closed="neither", none_ok=True),
+    }
+
+    workdir: str | None = None   # runtime, not a parameter: where the trainer keeps its checkpoint
+    progress: bool | None = None  # runtime: show a progress bar (None: only on a terminal)
+
+    # -- plugin surface ------------------------------------------------------------------------------
+    def build(self, num_classes: int) -> nn.Module:
+        """Return the network; it becomes ``self.model_``."""
+        raise NotImplementedError
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar training loss of one batch (``batch['x']`` (B,3,S,S), ``batch['y']`` (B,), ...)."""
+        raise NotImplementedError
+
+    def sampler(self, train: FERDataset, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """Index batches of one epoch: a seeded shuffle by default (last partial batch dropped if size 1)."""
+        order = torch.randperm(len(train), generator=generator)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            if len(chunk) > 1 or len(order) == 1:
+                yield chunk
+
+    def make_batch(self, index: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Augmented images, labels and (when present) label distributions of ``index``."""
+        batch = {"index": index, "x": self.fetch(index, generator), "y": self.train_labels_[index.to(self.train_labels_.device)]}
+        if self.train_dist_ is not None:
+            batch["dist"] = self.train_dist_[index.to(self.train_dist_.device)]
+        return batch
+
+    def on_epoch_end(self, epoch: int) -> None:
+        pass
+
+    def validation_score(self, val: FERDataset) -> float:
+        """The model-selection score on validation data: accuracy by default."""
+        return float((self._predict_proba(val.images).argmax(1) == val.labels).mean())
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding of normalised images (B,3,S,S) -> (B,D); default: the model's ``features``."""
+        return self.model_.features(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (B,C); default: the model's forward."""
+        return self.model_(x)
+
+    # -- helpers for plugins -------------------------------------------------------------------------
+    def fetch(self, index: torch.Tensor, generator: torch.Generator | None = None, augment: bool = True) -> torch.Tensor:
+        """Training images ``index`` as normalised float (B,3,S,S) on the device, augmented when asked."""
+        idx = index.to(self.train_images_.device)
+        x = self.train_images_[idx].to(self.device_, non_blocking=True).float().div_(255.0)  # (B,3,S,S)
+        if augment and self.augmenter_ is not None and generator is not None:
+            x = self.augmenter_(x, generator)
+        return (x - self.mean_) / self.std_
+
+    def prepare_images(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (N,H,W,3) -> uint8 (N,3,S,S) resized to ``image_size`` (antialiased), kept on CPU."""
+        out = torch.empty((len(images), 3, self.image_size, self.image_size), dtype=torch.uint8)
+        step = 1024
+        for start in range(0, len(images), step):
+            chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + step])).permute(0, 3, 1, 2)
+            if chunk.shape[-1] != self.image_size or chunk.shape[-2] != self.image_size:
+                chunk = F.interpolate(chunk.float(), size=(self.image_size, self.image_size), mode="bilinear",
+                                      antialias=True, align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+            out[start:start + step] = chunk
+        return out
+
+    @torch.no_grad()
+    def map_batches(self, images: np.ndarray, fn) -> torch.Tensor:
+        """Apply ``fn`` to normalised eval batches of ``images`` in eval mode; concatenated on CPU."""
+        self.model_.eval()
+        outputs = []
+        for start in range(0, len(images), self.eval_batch_size):
+            x = self.prepare_images(images[start:start + self.eval_batch_size]).to(self.device_).float().div_(255.0)
+            x = (x - self.mean_) / self.std_
+            with self._autocast():
+                outputs.append(fn(x).float().cpu())
+        return torch.cat(outputs) if outputs else torch.empty(0)
+
+    # -- the contract, implemented once --------------------------------------------------------------
+    def _fit(self, train: FERDataset, val: FERDataset | None) -> None:
+        from fer_bench.data.augment import BatchAugment
+        from fer_bench.train import Trainer
+
+        self.device_ = resolve_device(self.device)
+        self.selection_ = "last epoch"
+        if self.select == "best_val" and val is None:
+            if self.val_fraction <= 0:
+                raise ParameterError(f"{self.display_name()}: select='best_val' needs a val split or val_fraction > 0.")
+            fit_idx, hold_idx, rule = stratified_holdout(train.labels, self.val_fraction, self.seed, train.groups)
+            train, val = train.subset(fit_idx, "train"), train.subset(hold_idx, "val")
+            self.selection_rule_ = rule
+        else:
+            self.selection_rule_ = "given val split" if val is not None else "none (last epoch)"
+        self._load_training_data(train)
+        self.mean_ = torch.tensor(IMAGENET_MEAN, device=self.device_).view(1, 3, 1, 1)
+        self.std_ = torch.tensor(IMAGENET_STD, device=self.device_).view(1, 3, 1, 1)
+        self.augmenter_ = None if self.augment == "none" else BatchAugment.from_string(self.augment)
+        with torch.random.fork_rng(devices=[self.device_] if self.device_.type == "cuda" else []):
+            torch.manual_seed(self.seed)  # parameter init of build(); scoped, restored on exit
+            self.model_ = self.build(self.num_classes_).to(self.device_)
+        self.train_info_ = Trainer(self).fit(train, val)
+        if self.select == "best_val":
+            self.selection_ = f"best validation accuracy at epoch {self.train_info_['best_epoch']}"
+        self._release_training_data()
+
+    def _load_training_data(self, train: FERDataset) -> None:
+        images = self.prepare_images(train.images)  # uint8 (N,3,S,S)
+        keep_on_device = self.device_.type == "cuda" and images.numel() < 2 * 1024 ** 3
+        self.train_images_ = images.to(self.device_) if keep_on_device else images
+        self.train_labels_ = torch.from_numpy(train.labels).to(self.device_)
+        self.train_dist_ = None if train.label_dist is None else torch.from_numpy(
+            np.asarray(train.label_dist, dtype=np.float32)).to(self.device_)
+        self.train_data_ = train
+
+    def _release_training_data(self) -> None:
+        for name in ("train_images_", "train_labels_", "train_dist_", "train_data_"):
+            if hasattr(self, name):
+                delattr(self, name)
+
+    def _predict_proba(self, images: np.ndarray) -> np.ndarray:
+        return torch.softmax(self.map_batches(images, self.logits), dim=1).numpy()
+
+    def _embed(self, images: np.ndarray) -> np.ndarray:
+        return self.map_batches(images, self.features).numpy()
+
+    def _autocast(self):
+        enabled = self.amp and self.device_.type == "cuda"
+        return torch.autocast(device_type=self.device_.type, enabled=enabled)
+
+    def _ensure_model(self) -> None:
+        if not hasattr(self, "device_"):
+            self.device_ = resolve_device(self.device)
+            self.mean_ = torch.tensor(IMAGENET_MEAN, device=self.device_).view(1, 3, 1, 1)
+            self.std_ = torch.tensor(IMAGENET_STD, device=self.device_).view(1, 3, 1, 1)
+        if not hasattr(self, "model_"):
+            self.model_ = self.build(self.num_classes_).to(self.device_)
+
+    def _get_state(self) -> dict[str, Any]:
+        return {"model": {k: v.detach().cpu() for k, v in self.model_.state_dict().items()}}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self._ensure_model()
+        self.model_.load_state_dict(state["model"])
+        self.model_.eval()
