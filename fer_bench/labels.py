@@ -85,7 +85,7 @@ def names(classes: Sequence[int], style: str = "display") -> list[str]:
     table = {"name": NAMES, "display": DISPLAY, "short": SHORT}
     if style not in table:
         raise ValueError(f"style={style!r} is not allowed; use one of {', '.join(table)}.")
-    return [table[style][c] for c in classes]
+    return [table[style][canonical_id(c)] for c in classes]
 
 
 def map_native(codes: Sequence[object] | np.ndarray, table: str | Mapping[object, int | None],

@@ -28,6 +28,7 @@ from torch import nn
 
 import fer_bench
 from fer_bench.data import FERDataset, stratified_holdout
+from fer_bench.models import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -353,10 +354,6 @@ def resolve_device(device: str) -> torch.device:
 
 # --------------------------------------------------------------------------------------------------
 # Torch methods
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class TorchMethod(Method):
