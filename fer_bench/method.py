@@ -266,6 +266,12 @@ class Method:
     def _embed(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def extra_results(self, out_dir: Path, train: FERDataset, test: FERDataset) -> dict[str, float]:
+        """Method-specific results after evaluation: extra metrics (returned) and figures or arrays
+        (written under ``out_dir``). Default: none. ``train.meta['clean_labels']`` holds the clean
+        labels when the runner injected label noise."""
+        return {}
+
     def _get_state(self) -> dict[str, Any]:
         """Fitted state as a dict of tensors / numbers / lists (saved with weights_only=True)."""
         return {}
@@ -443,7 +449,7 @@ class TorchMethod(Method):
         out = torch.empty((len(images), 3, self.image_size, self.image_size), dtype=torch.uint8)
         step = 1024
         for start in range(0, len(images), step):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + step])).permute(0, 3, 1, 2)
+            chunk = torch.from_numpy(np.array(images[start:start + step])).permute(0, 3, 1, 2)  # a copy: the cache is read-only
             if chunk.shape[-1] != self.image_size or chunk.shape[-2] != self.image_size:
                 chunk = F.interpolate(chunk.float(), size=(self.image_size, self.image_size), mode="bilinear",
                                       antialias=True, align_corners=False).round_().clamp_(0, 255).to(torch.uint8)

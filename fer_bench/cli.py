@@ -1,0 +1,192 @@
+"""The ``fer-bench`` command line (DESIGN.md section 8).
+
+Errors are one line: what was wrong, what is allowed, how to fix it; exit code 2 for usage errors
+(unknown names, bad parameters or options, missing data), 1 for failures. Method hyperparameters are
+never flags of their own: ``--set method.param=value``.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+import fer_bench
+from fer_bench.method import PROFILES, ParameterError, parse_overrides
+from fer_bench.registry import DATASETS, METHODS, UnknownNameError, get_dataset, load_plugin_file
+
+USAGE_ERRORS = (UnknownNameError, ParameterError, ValueError, FileNotFoundError)
+
+
+def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn known bad-input exceptions into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except USAGE_ERRORS as exc:
+            click.echo(f"fer-bench: error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _load_plugins(plugins: tuple[str, ...]) -> None:
+    for path in plugins:
+        load_plugin_file(path)
+
+
+def _split_list(text: str, cast: Callable[[str], Any], what: str) -> list[Any]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return [cast(t) for t in items]
+    except ValueError:
+        raise ParameterError(f"--{what} {text!r} must be a comma-separated list of {cast.__name__}s, e.g. 0,1,2.") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(fer_bench.__version__, prog_name="fer-bench")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """fer-bench: a comparative benchmark harness for facial expression recognition."""
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command("list")
+@click.option("--plugin", "plugins", multiple=True, type=click.Path(), help="A Python file that registers methods.")
+@one_line_errors
+def list_cmd(plugins: tuple[str, ...]) -> None:
+    """Registered methods (with their profiles) and datasets."""
+    import fer_bench.data  # noqa: F401  (registers the built-in dataset adapters)
+
+    _load_plugins(plugins)
+    click.echo("Methods (profiles: " + ", ".join(PROFILES) + "):")
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        profiles = ", ".join(p for p in PROFILES if p in cls.profiles)
+        click.echo(f"  {name:<12} [{profiles}]  {summary}")
+    click.echo("Datasets:")
+    for name in DATASETS.names():
+        cls = DATASETS.get(name)
+        card = cls.card().splitlines()[0] if cls.card() else ""
+        click.echo(f"  {name:<12} splits: {'/'.join(cls.splits):<16} {card}")
+
+
+@main.command()
+@click.option("--methods", default="baseline", show_default=True, help="Comma-separated method names.")
+@click.option("--dataset", "datasets", multiple=True, default=("synthetic",), show_default=True,
+              help="NAME[:opt=value,...]; repeat for several datasets.")
+@click.option("--data-root", type=click.Path(), default=None, help="Folder of a downloaded dataset (or $FER_BENCH_DATA).")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
+@click.option("--profile", type=click.Choice(PROFILES), default="quick", show_default=True)
+@click.option("--label-noise", default="0", show_default=True, help="Comma-separated label-noise rates on train.")
+@click.option("--noise-kind", type=click.Choice(["symmetric", "pairflip"]), default="symmetric", show_default=True)
+@click.option("--set", "sets", multiple=True, help="method.param=value (value lists a,b make a grid axis); * for all methods.")
+@click.option("--out", type=click.Path(), default="runs/default", show_default=True, help="Run directory.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
+@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option("--retry-failed", is_flag=True, help="Run failed cells again.")
+@click.option("--tsne", is_flag=True, help="2-D maps of embeddings with t-SNE instead of PCA.")
+@click.option("--plugin", "plugins", multiple=True, type=click.Path(), help="A Python file that registers methods.")
+@one_line_errors
+def run(methods: str, datasets: tuple[str, ...], data_root: str | None, seeds: str, profile: str, label_noise: str,
+        noise_kind: str, sets: tuple[str, ...], out: str, device: str, executor: str, retry_failed: bool,
+        tsne: bool, plugins: tuple[str, ...]) -> None:
+    """Train and evaluate a grid of methods x datasets x seeds x label-noise rates."""
+    from fer_bench.method import resolve_device
+    from fer_bench.runner import EXECUTORS, expand_grid, run_grid
+    from fer_bench.tables import write_run_outputs
+
+    _load_plugins(plugins)
+    method_names = _split_list(methods, str, "methods")
+    for name in method_names:
+        METHODS.get(name)
+    resolve_device(device)
+    overrides = parse_overrides(sets, method_names)
+    specs = expand_grid(method_names, list(datasets), _split_list(seeds, int, "seeds"),
+                        _split_list(label_noise, float, "label-noise"), profile, overrides, device, data_root, noise_kind)
+    run_dir = Path(out)
+    total = len(specs)
+    counter = {"i": 0}
+
+    def report(event: str, spec, result) -> None:
+        counter["i"] += 1
+        where = f"[{counter['i']}/{total}] {spec.method} on {spec.dataset_label} seed {spec.seed} noise {spec.label_noise:g}"
+        if result is None:
+            click.echo(f"{where}: {event}")
+        elif result.status == "done":
+            click.echo(f"{where}: done in {result.seconds:.1f}s, accuracy {result.metrics.get('accuracy', float('nan')):.4f}")
+        else:
+            click.echo(f"{where}: FAILED: {result.error}")
+
+    click.echo(f"fer-bench {fer_bench.__version__}: {total} cells -> {run_dir}")
+    outcome = run_grid(specs, run_dir, EXECUTORS[executor](progress=None), retry_failed, report)
+    summary = write_run_outputs(run_dir, specs, tsne=tsne)
+    click.echo(summary)
+    if outcome["failed"]:
+        click.echo(f"{len(outcome['failed'])} cell(s) failed; see {run_dir / 'summary.md'} and rerun with --retry-failed.", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--tsne", is_flag=True, help="2-D maps of embeddings with t-SNE instead of PCA.")
+@one_line_errors
+def plot(run_dir: str, tsne: bool) -> None:
+    """Regenerate a run directory's figures and summaries from its store (no training)."""
+    from fer_bench.tables import write_run_outputs
+    click.echo(write_run_outputs(Path(run_dir), None, tsne=tsne))
+
+
+@main.command()
+@click.argument("benchmark", type=click.Path())
+@click.option("--no-run", is_flag=True, help="Only read the store: write the tables from finished cells.")
+@click.option("--results", type=click.Path(), default="results", show_default=True, help="Results root folder.")
+@click.option("--data-root", type=click.Path(), default=None, help="Folder of a downloaded dataset.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--plugin", "plugins", multiple=True, type=click.Path(), help="A Python file that registers methods.")
+@one_line_errors
+def tables(benchmark: str, no_run: bool, results: str, data_root: str | None, device: str,
+           plugins: tuple[str, ...]) -> None:
+    """Run a benchmark file's missing cells and write its tables (published | ours | delta)."""
+    from fer_bench.tables import write_paper_tables
+
+    _load_plugins(plugins)
+
+    def report(event, spec, result) -> None:
+        status = event if result is None else (result.status if result.status == "done" else f"FAILED: {result.error}")
+        click.echo(f"{spec.method} on {spec.dataset_label} seed {spec.seed}: {status}")
+
+    for path in write_paper_tables(benchmark, results, run=not no_run, data_root=data_root, device=device,
+                                   on_event=report):
+        click.echo(f"wrote {path}")
+
+
+@main.group()
+def synth() -> None:
+    """The embedded synthetic face dataset."""
+
+
+@synth.command("export")
+@click.option("--out", type=click.Path(), required=True, help="Output folder.")
+@click.option("--n-per-class", default=20, show_default=True, help="Images per class and split.")
+@click.option("--option", "options", default="", help="Dataset options, e.g. size=64,classes=7.")
+@one_line_errors
+def synth_export(out: str, n_per_class: int, options: str) -> None:
+    """Write an ImageFolder tree of PNGs, a CSV of factors and a contact sheet."""
+    from fer_bench.data import parse_dataset_spec
+    from fer_bench.data.synthetic import export
+    _, opts = parse_dataset_spec("synthetic:" + options)
+    resolved = get_dataset("synthetic").resolve_options(opts)
+    written = export(Path(out), n_per_class=n_per_class, **resolved)
+    click.echo(f"wrote {written}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

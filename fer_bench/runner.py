@@ -1,0 +1,267 @@
+"""Grid expansion, cells and executors (DESIGN.md section 6).
+
+``expand_grid`` turns methods x datasets x seeds x label-noise rates x ``--set`` value lists into
+``CellSpec``s; ``run_cell(spec, workdir)`` is pure given the spec (load splits -> label noise on
+train -> fit -> embed / predict -> metrics -> artifacts) and returns a ``CellResult``; an executor
+maps cells to results; ``run_grid`` writes every result into the store as it arrives, skips finished
+cells and never lets one failing cell stop the grid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+
+import fer_bench
+from fer_bench import metrics as M
+from fer_bench.data import DATASETS, FERDataset, get_dataset, load_dataset, parse_dataset_spec
+from fer_bench.data.noise import labels_hash, noisy_labels
+from fer_bench.method import Method, ParameterError, TorchMethod
+from fer_bench.registry import get_method
+from fer_bench.store import Store
+
+log = logging.getLogger(__name__)
+
+CELLS_DIR = "cells"
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+    """Everything that determines one cell's result. ``cell_id`` hashes all of it but where the data
+    lives (``data_root``) and the device, which change where and how fast, not what is computed."""
+
+    method: str
+    params: dict
+    dataset: str
+    dataset_options: dict
+    seed: int
+    label_noise: float = 0.0
+    noise_kind: str = "symmetric"
+    profile: str = "quick"
+    overrides: dict = dataclasses.field(default_factory=dict)
+    version: str = fer_bench.__version__
+    data_root: str | None = None
+
+    @property
+    def cell_id(self) -> str:
+        payload = dataclasses.asdict(self)
+        payload.pop("data_root")
+        payload["params"] = {k: v for k, v in self.params.items() if k != "device"}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def dataset_label(self) -> str:
+        given = ",".join(f"{k}={v}" for k, v in sorted(self.dataset_options.items())
+                         if v != get_dataset(self.dataset).options.get(k))
+        return f"{self.dataset}:{given}" if given else self.dataset
+
+    @property
+    def overrides_label(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in sorted(self.overrides.items()))
+
+    def to_json(self) -> str:
+        payload = dataclasses.asdict(self)
+        payload.update(cell_id=self.cell_id, dataset_label=self.dataset_label, overrides_label=self.overrides_label)
+        return json.dumps(payload, sort_keys=True, default=str)
+
+
+@dataclasses.dataclass
+class CellResult:
+    cell_id: str
+    status: str                    # "done" | "failed"
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    artifacts: dict[str, str] = dataclasses.field(default_factory=dict)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+    error: str = ""
+    traceback: str = ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Grid
+
+
+def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label_noise: list[float],
+                profile: str, overrides: dict[str, dict[str, str]], device: str = "auto",
+                data_root: str | None = None, noise_kind: str = "symmetric") -> list[CellSpec]:
+    """The cells of a grid, in a stable order. ``overrides`` values may be comma lists: each value is
+    a point of the grid (``--set baseline.lr=1e-3,1e-4`` runs both)."""
+    cells = []
+    for method_name, dataset_spec in itertools.product(methods, datasets):
+        cls = get_method(method_name)
+        name, options = parse_dataset_spec(dataset_spec)
+        adapter = get_dataset(name)
+        resolved_options = adapter.resolve_options(options)
+        given = {**overrides.get("*", {}), **overrides.get(method_name, {})}
+        unknown = sorted(set(given) - set(cls.params))
+        if unknown:
+            raise ParameterError(f"--set {method_name}.{unknown[0]}: {cls.display_name()} has no parameter "
+                                 f"{unknown[0]!r}; allowed: {', '.join(sorted(cls.params))}.")
+        keys = sorted(given)
+        for values in itertools.product(*(str(given[k]).split(",") for k in keys)):
+            point = dict(zip(keys, values))
+            for seed, rate in itertools.product(seeds, label_noise):
+                params = cls.resolve_params(profile, name, {**point, "seed": seed, "device": device})
+                cells.append(CellSpec(method=method_name, params=params, dataset=name,
+                                      dataset_options=resolved_options, seed=seed, label_noise=float(rate),
+                                      noise_kind=noise_kind, profile=profile, overrides=point, data_root=data_root))
+    return cells
+
+
+# --------------------------------------------------------------------------------------------------
+# One cell
+
+
+@functools.lru_cache(maxsize=8)
+def _load_split(name: str, split: str, root: str | None, options_json: str) -> FERDataset:
+    return load_dataset(name, split, root, **json.loads(options_json))
+
+
+def load_splits(spec: CellSpec) -> tuple[FERDataset, FERDataset | None, FERDataset]:
+    """(train, val or None, test) of a cell's dataset."""
+    adapter = get_dataset(spec.dataset)
+    options = json.dumps(spec.dataset_options, sort_keys=True)
+    train = _load_split(spec.dataset, "train", spec.data_root, options)
+    test = _load_split(spec.dataset, "test", spec.data_root, options)
+    val = _load_split(spec.dataset, "val", spec.data_root, options) if "val" in adapter.splits else None
+    return train, val, test
+
+
+def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False) -> CellResult:
+    """Train and evaluate one cell; raises on failure (the executor records it)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    torch.manual_seed(spec.seed)  # the runner's entry: the one place global seeding happens
+    train, val, test = load_splits(spec)
+    info: dict[str, Any] = {"fingerprints": {"train": train.fingerprint, "test": test.fingerprint,
+                                             "val": val.fingerprint if val is not None else None}}
+    if spec.label_noise > 0:
+        noisy = noisy_labels(train.labels, train.num_classes, spec.label_noise, spec.noise_kind, spec.seed)
+        info["noisy_labels_hash"] = labels_hash(noisy)
+        info["actual_noise_rate"] = float((noisy != train.labels).mean())
+        clean = train.labels
+        train = train.with_labels(noisy, f"noise:{spec.noise_kind}:{spec.label_noise}:{spec.seed}")
+        train.meta["clean_labels"] = clean  # for methods that report how much noise they undid
+
+    method: Method = get_method(spec.method)(**spec.params)
+    if isinstance(method, TorchMethod):
+        method.workdir = str(workdir / "checkpoint")
+        method.progress = progress
+    method.fit(train, val)
+    proba = method.predict_proba(test)
+    pred = proba.argmax(1)
+    test_emb = method.embed(test)
+    train_emb = method.embed(train)
+    metrics = dict(M.classification_report(test.labels, pred, test.num_classes))
+    metrics.update(M.embedding_report(train_emb, train.labels, test_emb, test.labels, test.num_classes, seed=spec.seed))
+    if test.label_dist is not None:
+        metrics["kl_to_label_dist"] = M.kl_divergence(test.label_dist, proba)
+        metrics["js_to_label_dist"] = M.js_divergence(test.label_dist, proba)
+    metrics.update(_cost_metrics(method, test))
+    metrics.update(method.extra_results(workdir / "extra", train, test))
+    train_info = getattr(method, "train_info_", {})
+    if train_info:
+        metrics["train_seconds"] = train_info["train_seconds"]
+        metrics["train_images_per_s"] = train_info["train_images_per_s"]
+    info.update(selection=getattr(method, "selection_", "n/a"), selection_rule=getattr(method, "selection_rule_", "n/a"),
+                history=train_info.get("history", []), resumed_from_epoch=train_info.get("resumed_from_epoch", 0),
+                device=str(getattr(method, "device_", "cpu")), classes=list(train.classes))
+
+    artifacts = {}
+    for key, array in {"test_labels": test.labels, "test_pred": pred, "test_proba": proba, "test_embed": test_emb}.items():
+        np.save(workdir / f"{key}.npy", array)
+        artifacts[key] = f"{key}.npy"
+    method.save(workdir / "model")
+    artifacts["model"] = "model"
+    if (workdir / "extra").is_dir():
+        artifacts.update({f"extra/{p.name}": f"extra/{p.name}" for p in sorted((workdir / "extra").iterdir())})
+    return CellResult(spec.cell_id, "done", metrics, artifacts, info, time.perf_counter() - start)
+
+
+def _cost_metrics(method: Method, test: FERDataset) -> dict[str, float]:
+    out: dict[str, float] = {}
+    model = getattr(method, "model_", None)
+    out["params"] = float(M.parameter_count(model)["total"]) if model is not None else 0.0
+    device = getattr(method, "device_", torch.device("cpu"))
+    for batch in (1, 64):
+        images = test.images[: max(batch * 2, 8)]
+        out[f"infer_ms_per_image_b{batch}"] = M.inference_ms_per_image(method.predict_proba, images, batch)
+    out["peak_memory_mb"] = M.peak_memory_bytes(device) / 2 ** 20
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Executors
+
+
+class Executor(Protocol):
+    def map(self, specs: list[CellSpec], run_dir: Path) -> Iterator[CellResult]: ...
+
+
+def execute(spec: CellSpec, run_dir: Path, progress: bool | None = False) -> CellResult:
+    """``run_cell`` with failure isolation: any exception becomes a failed CellResult."""
+    start = time.perf_counter()
+    try:
+        result = run_cell(spec, Path(run_dir) / CELLS_DIR / spec.cell_id, progress)
+        result.artifacts = {k: f"{CELLS_DIR}/{spec.cell_id}/{v}" for k, v in result.artifacts.items()}
+        return result
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        return CellResult(spec.cell_id, "failed", seconds=time.perf_counter() - start,
+                          error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+
+
+class LocalExecutor:
+    """Runs cells one after another in this process."""
+
+    def __init__(self, progress: bool | None = False):
+        self.progress = progress
+
+    def map(self, specs: list[CellSpec], run_dir: Path) -> Iterator[CellResult]:
+        for spec in specs:
+            yield execute(spec, run_dir, self.progress)
+
+
+EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor}
+
+
+def run_grid(specs: list[CellSpec], run_dir: str | Path, executor: Executor, retry_failed: bool = False,
+             on_event: Callable[[str, CellSpec, CellResult | None], None] | None = None) -> dict[str, list[str]]:
+    """Run the pending cells of ``specs``; returns the cell ids by outcome (done, failed, skipped)."""
+    run_dir = Path(run_dir)
+    outcome: dict[str, list[str]] = {"done": [], "failed": [], "skipped": []}
+    with Store(run_dir / "results.sqlite") as store:
+        pending = []
+        for spec in specs:
+            status = store.status(spec.cell_id)
+            if status == "done" or (status == "failed" and not retry_failed):
+                outcome["skipped"].append(spec.cell_id)
+                if on_event:
+                    on_event(f"skip ({status})", spec, None)
+            elif spec.cell_id not in {p.cell_id for p in pending}:
+                pending.append(spec)
+        by_id = {s.cell_id: s for s in pending}
+        for spec in pending:
+            store.mark_running(spec.cell_id, spec.to_json())
+        for result in executor.map(pending, run_dir):
+            spec = by_id[result.cell_id]
+            if result.status == "done":
+                store.record_done(result.cell_id, spec.to_json(), result.metrics, result.artifacts, result.seconds, result.info)
+            else:
+                store.record_failed(result.cell_id, spec.to_json(), result.error, result.traceback, result.seconds)
+            outcome[result.status].append(result.cell_id)
+            if on_event:
+                on_event(result.status, spec, result)
+    return outcome

@@ -1,0 +1,144 @@
+"""The SQLite results store of a run directory (DESIGN.md section 6).
+
+One file per output directory, in WAL mode, one transaction per state change. Tables:
+
+- ``cells``: id, spec (canonical JSON), status (running | done | failed), error, traceback, timings,
+  host, info (JSON: selection rule, dataset fingerprints, noisy-label hash, training history);
+- ``metrics``: (cell_id, name, value);
+- ``artifacts``: (cell_id, name, path relative to the run directory).
+
+The store is the single source of truth: summaries, tables and plots are regenerated from it.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cells (
+    id TEXT PRIMARY KEY, spec TEXT NOT NULL, status TEXT NOT NULL, error TEXT, traceback TEXT,
+    started REAL, finished REAL, seconds REAL, host TEXT, info TEXT
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    cell_id TEXT NOT NULL REFERENCES cells(id), name TEXT NOT NULL, value REAL,
+    PRIMARY KEY (cell_id, name)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    cell_id TEXT NOT NULL REFERENCES cells(id), name TEXT NOT NULL, path TEXT NOT NULL,
+    PRIMARY KEY (cell_id, name)
+);
+"""
+
+STORE_NAME = "results.sqlite"
+
+
+class Store:
+    """Results of the cells of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _transaction(self, statements: list[tuple[str, tuple]]) -> None:
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in statements:
+                cur.execute(sql, args)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    # -- state changes -------------------------------------------------------------------------------
+    def mark_running(self, cell_id: str, spec_json: str) -> None:
+        self._transaction([(
+            "INSERT INTO cells (id, spec, status, started, host) VALUES (?, ?, 'running', ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET status='running', started=excluded.started, host=excluded.host, "
+            "error=NULL, traceback=NULL", (cell_id, spec_json, time.time(), socket.gethostname()))])
+
+    def record_done(self, cell_id: str, spec_json: str, metrics: dict[str, float], artifacts: dict[str, str],
+                    seconds: float, info: dict[str, Any], host: str | None = None) -> None:
+        statements: list[tuple[str, tuple]] = [
+            ("INSERT INTO cells (id, spec, status, finished, seconds, host, info) VALUES (?, ?, 'done', ?, ?, ?, ?) "
+             "ON CONFLICT(id) DO UPDATE SET status='done', finished=excluded.finished, seconds=excluded.seconds, "
+             "host=excluded.host, info=excluded.info, error=NULL, traceback=NULL",
+             (cell_id, spec_json, time.time(), seconds, host or socket.gethostname(), json.dumps(info, default=str))),
+            ("DELETE FROM metrics WHERE cell_id = ?", (cell_id,)),
+            ("DELETE FROM artifacts WHERE cell_id = ?", (cell_id,)),
+        ]
+        statements += [("INSERT INTO metrics VALUES (?, ?, ?)", (cell_id, k, float(v))) for k, v in metrics.items()]
+        statements += [("INSERT INTO artifacts VALUES (?, ?, ?)", (cell_id, k, v)) for k, v in artifacts.items()]
+        self._transaction(statements)
+
+    def record_failed(self, cell_id: str, spec_json: str, error: str, traceback: str, seconds: float,
+                      host: str | None = None) -> None:
+        self._transaction([(
+            "INSERT INTO cells (id, spec, status, error, traceback, finished, seconds, host) "
+            "VALUES (?, ?, 'failed', ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status='failed', "
+            "error=excluded.error, traceback=excluded.traceback, finished=excluded.finished, "
+            "seconds=excluded.seconds, host=excluded.host",
+            (cell_id, spec_json, error, traceback, time.time(), seconds, host or socket.gethostname()))])
+
+    # -- reading -------------------------------------------------------------------------------------
+    def status(self, cell_id: str) -> str | None:
+        row = self._db.execute("SELECT status FROM cells WHERE id = ?", (cell_id,)).fetchone()
+        return row[0] if row else None
+
+    def cell(self, cell_id: str) -> dict[str, Any] | None:
+        cur = self._db.execute("SELECT * FROM cells WHERE id = ?", (cell_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        out = dict(zip([d[0] for d in cur.description], row))
+        out["spec"] = json.loads(out["spec"])
+        out["info"] = json.loads(out["info"]) if out["info"] else {}
+        return out
+
+    def cells(self, ids: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        for (cell_id,) in self._db.execute("SELECT id FROM cells ORDER BY id").fetchall():
+            if ids is None or cell_id in ids:
+                yield self.cell(cell_id)  # type: ignore[misc]
+
+    def metrics(self, cell_id: str) -> dict[str, float]:
+        return dict(self._db.execute("SELECT name, value FROM metrics WHERE cell_id = ? ORDER BY name", (cell_id,)))
+
+    def artifacts(self, cell_id: str) -> dict[str, str]:
+        return dict(self._db.execute("SELECT name, path FROM artifacts WHERE cell_id = ? ORDER BY name", (cell_id,)))
+
+    def metrics_frame(self, ids: list[str] | None = None) -> pd.DataFrame:
+        """Long table: one row per (finished cell, metric) with the cell's grid coordinates."""
+        rows = []
+        for cell in self.cells(ids):
+            if cell["status"] != "done":
+                continue
+            spec = cell["spec"]
+            coords = {"cell_id": cell["id"], "method": spec["method"], "dataset": spec["dataset_label"],
+                      "seed": spec["seed"], "label_noise": spec["label_noise"], "profile": spec["profile"],
+                      "overrides": spec["overrides_label"]}
+            for name, value in self.metrics(cell["id"]).items():
+                rows.append({**coords, "metric": name, "value": value})
+        columns = ["cell_id", "method", "dataset", "seed", "label_noise", "profile", "overrides", "metric", "value"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def integrity_ok(self) -> bool:
+        return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

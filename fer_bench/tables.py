@@ -1,0 +1,292 @@
+"""Run summaries and paper tables (DESIGN.md sections 6 and 7).
+
+``write_run_outputs`` regenerates a run directory's ``metrics_long.csv``, ``summary.csv`` (mean, std
+and n over seeds), ``summary.md``, ``manifest.json`` and ``plots/`` from its store alone, so figures
+can be redrawn without training. ``paper_tables`` reads a benchmark YAML (the grid, the metric and
+the published numbers with their source) and writes ``results/<benchmark>/<table>.{csv,md}`` with
+published | ours (mean +- std, n) | delta.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+import fer_bench
+from fer_bench import labels as L
+from fer_bench.store import Store
+
+log = logging.getLogger(__name__)
+
+GROUP = ["method", "dataset", "label_noise", "profile", "overrides"]
+HEADLINE = ["accuracy", "mean_class_accuracy", "macro_f1", "knn_acc", "nmi", "recall@1", "map@r",
+            "kl_to_label_dist", "train_seconds", "params"]
+
+
+def summarize(long: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (ddof=1; 0 for one seed) and n over seeds, one row per grid point and metric."""
+    if long.empty:
+        return pd.DataFrame(columns=GROUP + ["metric", "mean", "std", "n"])
+    grouped = long.groupby(GROUP + ["metric"], dropna=False)["value"]
+    out = grouped.agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, n="count")
+    return out.reset_index()
+
+
+def format_mean_std(mean: float, std: float, n: int, scale: float = 1.0, digits: int = 2) -> str:
+    if not np.isfinite(mean):
+        return "nan"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f} (n={n})"
+
+
+def summary_markdown(summary: pd.DataFrame, failures: list[dict[str, Any]]) -> str:
+    """One row per grid point, the headline metrics as columns (accuracy-like metrics in %)."""
+    lines = []
+    if not summary.empty:
+        wide = {}
+        for _, row in summary.iterrows():
+            if row["metric"] not in HEADLINE:
+                continue
+            key = tuple(row[g] for g in GROUP)
+            percent = row["metric"] not in ("train_seconds", "params", "kl_to_label_dist")
+            digits = 0 if row["metric"] == "params" else 2
+            text = format_mean_std(row["mean"], row["std"], int(row["n"]), 100.0 if percent else 1.0, digits)
+            wide.setdefault(key, {})[row["metric"]] = text
+        metrics = [m for m in HEADLINE if any(m in v for v in wide.values())]
+        rows = [[*key, *(wide[key].get(m, "") for m in metrics)] for key in sorted(wide, key=str)]
+        headers = GROUP + [m + (" (%)" if m not in ("train_seconds", "params", "kl_to_label_dist") else "") for m in metrics]
+        lines.append(tabulate(rows, headers=headers, tablefmt="github"))
+    if failures:
+        lines += ["", "Failed cells:", ""]
+        lines += [f"- {f['method']} on {f['dataset']} seed {f['seed']}: {f['error']}" for f in failures]
+    return "\n".join(lines) + "\n"
+
+
+def environment() -> dict[str, Any]:
+    """Software versions, git commit and host, recorded in every manifest."""
+    import sklearn
+    import torch
+    versions = {"fer_bench": fer_bench.__version__, "python": sys.version.split()[0], "torch": torch.__version__,
+                "numpy": np.__version__, "pandas": pd.__version__, "scikit-learn": sklearn.__version__,
+                "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(fer_bench.__file__).parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"versions": versions, "git_commit": commit, "host": socket.gethostname(), "platform": platform.platform()}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = False) -> str:
+    """Write the summaries, manifest and plots of ``run_dir`` from its store; return summary.md's text.
+
+    ``specs``: the cells of the current grid (None: every cell in the store).
+    """
+    run_dir = Path(run_dir)
+    store_path = run_dir / "results.sqlite"
+    if not store_path.is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} has no results.sqlite; pass a folder written by 'fer-bench run'.")
+    ids = None if specs is None else [s.cell_id for s in specs]
+    with Store(store_path) as store:
+        long = store.metrics_frame(ids)
+        cells = list(store.cells(ids))
+        artifacts = {c["id"]: store.artifacts(c["id"]) for c in cells}
+    failures = [{"method": c["spec"]["method"], "dataset": c["spec"]["dataset_label"], "seed": c["spec"]["seed"],
+                 "error": c["error"]} for c in cells if c["status"] == "failed"]
+    summary = summarize(long)
+    long.to_csv(run_dir / "metrics_long.csv.tmp", index=False)
+    os.replace(run_dir / "metrics_long.csv.tmp", run_dir / "metrics_long.csv")
+    summary.to_csv(run_dir / "summary.csv.tmp", index=False)
+    os.replace(run_dir / "summary.csv.tmp", run_dir / "summary.csv")
+    text = summary_markdown(summary, failures)
+    _atomic_write(run_dir / "summary.md", text)
+    manifest = {**environment(), "cells": [
+        {"cell_id": c["id"], "status": c["status"], "spec": c["spec"],
+         "fingerprints": c["info"].get("fingerprints"), "selection": c["info"].get("selection"),
+         "selection_rule": c["info"].get("selection_rule"), "noisy_labels_hash": c["info"].get("noisy_labels_hash"),
+         "device": c["info"].get("device"), "host": c["host"], "seconds": c["seconds"]} for c in cells]}
+    _atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    write_run_plots(run_dir, cells, artifacts, long, tsne)
+    return text
+
+
+def write_run_plots(run_dir: Path, cells: list[dict[str, Any]], artifacts: dict[str, dict[str, str]],
+                    long: pd.DataFrame, tsne: bool = False) -> None:
+    """Confusion matrices, Recall@K / Acc@K curves, 2-D embedding maps and per-class recall bars.
+
+    Per grid point, the figures use the cell with the smallest seed (one figure per point, not per seed).
+    """
+    from fer_bench import metrics as M
+    from fer_bench import plots as P
+
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    first: dict[tuple, dict[str, Any]] = {}
+    for cell in sorted((c for c in cells if c["status"] == "done"), key=lambda c: c["spec"]["seed"]):
+        spec = cell["spec"]
+        first.setdefault((spec["method"], spec["dataset_label"], spec["label_noise"], spec["overrides_label"]), cell)
+    recalls: dict[str, dict[str, np.ndarray]] = {}
+    for key, cell in first.items():
+        label = "_".join(_slug(str(k)) for k in key if str(k) not in ("", "0.0"))
+        arts = artifacts[cell["id"]]
+        y = np.load(run_dir / arts["test_labels"])
+        pred = np.load(run_dir / arts["test_pred"])
+        emb = np.load(run_dir / arts["test_embed"])
+        names = L.names(cell["info"]["classes"])
+        cm = M.confusion_matrix(y, pred, len(names))
+        P.plot_confusion(cm, names, plots / f"confusion_{label}.png", title=label)
+        if emb.shape[1] > 1:
+            P.plot_embedding_2d(emb, y, names, plots / f"embedding_{label}.png", method="tsne" if tsne else "pca",
+                                seed=cell["spec"]["seed"], title=label)
+        recalls.setdefault(key[1], {})[key[0] if not key[3] else f"{key[0]} {key[3]}"] = M.per_class_recall(y, pred, len(names))
+    for dataset, per_method in recalls.items():
+        cell = next(c for k, c in first.items() if k[1] == dataset)
+        names = L.names(cell["info"]["classes"])
+        P.plot_per_class_recall(per_method, names, plots / f"per_class_recall_{_slug(dataset)}.png", title=dataset)
+    if not long.empty:
+        for metric_name, prefix in (("Recall@K", "recall@"), ("Acc@K", "acc@")):
+            rows = long[long["metric"].str.startswith(prefix)]
+            for dataset, part in rows.groupby("dataset"):
+                curves: dict[str, dict[int, float]] = {}
+                for (method, overrides, noise), sub in part.groupby(["method", "overrides", "label_noise"]):
+                    if sub["value"].nunique() <= 1 and method == "majority":
+                        continue
+                    label = method + (f" {overrides}" if overrides else "") + (f" noise {noise:g}" if noise else "")
+                    means = sub.groupby("metric")["value"].mean()
+                    curves[label] = {int(k[len(prefix):]): float(v) for k, v in means.items()}
+                if curves:
+                    P.plot_retrieval_curves(curves, plots / f"{prefix[:-1].replace('@', '')}_at_k_{_slug(dataset)}.png",
+                                            metric_name=metric_name, title=dataset)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in text).strip("-")
+
+
+# --------------------------------------------------------------------------------------------------
+# Paper tables from benchmark files
+
+BENCHMARK_KEYS = {"name", "title", "description", "tables"}
+TABLE_KEYS = {"name", "title", "metric", "scale", "rows", "grid", "published", "notes"}
+GRID_KEYS = {"methods", "datasets", "seeds", "profile", "label_noise", "noise_kind", "set"}
+
+
+def load_benchmark(path: str | Path) -> dict[str, Any]:
+    """Read and check a benchmark YAML (DESIGN.md section 7); unknown keys fail with the allowed ones."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file {str(path)!r} does not exist; see benchmarks/*.yaml.")
+    spec = yaml.safe_load(path.read_text()) or {}
+    _check_keys(spec, BENCHMARK_KEYS, f"{path.name}")
+    if not spec.get("tables"):
+        raise ValueError(f"{path.name} declares no tables; add a 'tables:' list.")
+    for table in spec["tables"]:
+        _check_keys(table, TABLE_KEYS, f"{path.name} table {table.get('name')!r}")
+        _check_keys(table.get("grid", {}), GRID_KEYS, f"{path.name} table {table.get('name')!r} grid")
+        for key in ("name", "metric", "grid"):
+            if key not in table:
+                raise ValueError(f"{path.name}: a table has no {key!r}; every table needs name, metric and grid.")
+        for entry in table.get("published", []) or []:
+            if "source" not in entry or "value" not in entry:
+                raise ValueError(f"{path.name} table {table['name']!r}: every published number needs 'value' and "
+                                 f"'source' (paper, table, protocol); got {entry}.")
+    spec.setdefault("name", path.stem)
+    return spec
+
+
+def _check_keys(mapping: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}.")
+
+
+def table_specs(table: dict[str, Any], data_root: str | None = None, device: str = "auto") -> list:
+    """The CellSpecs of one benchmark table's grid."""
+    from fer_bench.method import parse_overrides
+    from fer_bench.runner import expand_grid
+
+    grid = table["grid"]
+    methods = list(grid["methods"])
+    sets = [f"{k}={v}" for k, v in (grid.get("set") or {}).items()]
+    return expand_grid(methods, list(grid.get("datasets", ["synthetic"])), list(grid.get("seeds", [0])),
+                       [float(r) for r in grid.get("label_noise", [0.0])], grid.get("profile", "quick"),
+                       parse_overrides(sets, methods), device, data_root, grid.get("noise_kind", "symmetric"))
+
+
+def paper_table(table: dict[str, Any], long: pd.DataFrame) -> pd.DataFrame:
+    """published | ours (mean +- std, n) | delta, one row per grid point of the table."""
+    metric, scale = table["metric"], float(table.get("scale", 100.0))
+    rows_by = table.get("rows", ["method", "dataset"])
+    rows_by = [rows_by] if isinstance(rows_by, str) else list(rows_by)
+    part = long[long["metric"] == metric]
+    ours = part.groupby(rows_by, dropna=False)["value"].agg(
+        mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, n="count").reset_index()
+    published = pd.DataFrame(table.get("published") or [], columns=[*rows_by, "value", "source"])
+    merged = ours.merge(published, on=rows_by, how="outer")
+    out = merged[rows_by].copy()
+    out["published"] = merged["value"]
+    out["ours_mean"] = merged["mean"] * scale
+    out["ours_std"] = merged["std"] * scale
+    out["n"] = merged["n"].fillna(0).astype(int)
+    out["ours"] = [format_mean_std(m, s, n, scale) if n else "missing"
+                   for m, s, n in zip(merged["mean"], merged["std"], out["n"])]
+    out["delta"] = out["ours_mean"] - out["published"]
+    out["source"] = merged["source"]
+    return out.sort_values(rows_by, kind="stable").reset_index(drop=True)
+
+
+def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "results", run: bool = True,
+                       data_root: str | None = None, device: str = "auto",
+                       on_event=None) -> list[Path]:
+    """Run the missing cells of a benchmark (unless ``run`` is False) and write its tables.
+
+    The benchmark's store lives in ``results/<benchmark>/run/``, so ``--no-run`` can regenerate
+    the tables from a committed store without any training.
+    """
+    from fer_bench.runner import LocalExecutor, run_grid
+
+    spec = load_benchmark(benchmark_path)
+    out_dir = Path(results_root) / spec["name"]
+    run_dir = out_dir / "run"
+    all_specs = []
+    for table in spec["tables"]:
+        specs = table_specs(table, data_root, device)
+        all_specs += specs
+        if run:
+            run_grid(specs, run_dir, LocalExecutor(progress=None), on_event=on_event)
+    if not (run_dir / "results.sqlite").is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} has no results yet; run 'fer-bench tables {benchmark_path}' "
+                                f"without --no-run first.")
+    written = []
+    with Store(run_dir / "results.sqlite") as store:
+        for table in spec["tables"]:
+            long = store.metrics_frame([s.cell_id for s in table_specs(table, data_root, device)])
+            frame = paper_table(table, long)
+            csv_path = out_dir / f"{table['name']}.csv"
+            frame.to_csv(csv_path.with_suffix(".csv.tmp"), index=False, float_format="%.4f")
+            os.replace(csv_path.with_suffix(".csv.tmp"), csv_path)
+            shown = frame.drop(columns=["ours_mean", "ours_std", "n"])
+            title = f"## {table.get('title', table['name'])}\n\nMetric: {table['metric']} (x{table.get('scale', 100)})\n\n"
+            notes = f"\n{table['notes'].strip()}\n" if table.get("notes") else ""
+            _atomic_write(csv_path.with_suffix(".md"),
+                          title + tabulate(shown, headers="keys", tablefmt="github", showindex=False,
+                                           floatfmt=".2f", missingval="—") + "\n" + notes)
+            written += [csv_path, csv_path.with_suffix(".md")]
+    return written

@@ -1,0 +1,170 @@
+"""End-to-end runs of the command line on tiny settings (real training, real files)."""
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "synthetic:size=32,n_train=240,n_val=60,n_test=90"
+
+
+def fer_bench(*args, cwd=None, check=True, env=None):
+    proc = subprocess.run([sys.executable, "-m", "fer_bench.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env or os.environ.copy(), timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def test_version_and_list():
+    assert re.search(r"version \d+\.\d+", fer_bench("--version").stdout)
+    out = fer_bench("list").stdout
+    assert re.search(r"majority\s+\[test, quick, paper\]", out)
+    assert re.search(r"baseline\s+\[test, quick, paper\]", out)
+    assert "synthetic" in out
+
+
+def test_run_writes_the_run_directory_and_a_rerun_trains_nothing(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "--methods", "majority,baseline", "--seeds", "0,1", "--profile", "test", "--dataset", TINY,
+            "--out", str(out), "--device", "cpu"]
+    first = fer_bench(*args)
+    assert first.stdout.count(": done in") == 4
+    for name in ("results.sqlite", "metrics_long.csv", "summary.csv", "summary.md", "manifest.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "plots").glob("confusion_*.png")) and list((out / "plots").glob("recall_at_k_*.png"))
+    summary = pd.read_csv(out / "summary.csv")
+    acc = summary[summary.metric == "accuracy"].set_index("method")
+    assert set(acc.index) == {"majority", "baseline"} and (acc["n"] == 2).all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["versions"]["torch"] and len(manifest["cells"]) == 4
+    assert all(c["fingerprints"]["train"] for c in manifest["cells"])
+
+    second = fer_bench(*args)
+    assert second.stdout.count("skip (done)") == 4 and ": done in" not in second.stdout
+    assert _summary_table(second.stdout) == _summary_table(first.stdout)
+
+
+def _summary_table(stdout: str) -> str:
+    return stdout[stdout.index("| method"):]
+
+
+def test_plugin_example_from_the_readme_runs_through_the_cli(tmp_path):
+    example = (ROOT / "examples" / "focal_plugin.py").read_text()
+    assert example.strip() in (ROOT / "README.md").read_text(), "the README must show examples/focal_plugin.py verbatim"
+    proc = fer_bench("run", "--plugin", "examples/focal_plugin.py", "--methods", "focal", "--profile", "test",
+                     "--dataset", TINY, "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert "focal on" in proc.stdout and ": done in" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--methods", "baselin"], "Unknown method 'baselin'. Did you mean 'baseline'?"),
+    (["run", "--dataset", "synthetc"], "Unknown dataset 'synthetc'. Did you mean 'synthetic'?"),
+    (["run", "--set", "baseline.lrr=1"], "has no parameter 'lrr'"),
+    (["run", "--set", "baseline.lr=-1"], "The 'lr' parameter of baseline must be a float in (0, inf). Got '-1' instead."),
+    (["run", "--dataset", "synthetic:sise=32"], "Dataset 'synthetic' has no option 'sise'"),
+    (["run", "--seeds", "a"], "--seeds 'a' must be a comma-separated list"),
+])
+def test_bad_input_is_one_line_with_exit_code_2(args, message, tmp_path):
+    proc = fer_bench(*args, "--out", str(tmp_path / "x"), check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+DIVERGING_PLUGIN = '''
+from fer_bench.registry import register_method
+from fer_bench_methods.baseline import Baseline
+
+@register_method("diverging")
+class Diverging(Baseline):
+    """A baseline whose loss becomes NaN at its third step."""
+    def loss(self, batch):
+        self.steps = getattr(self, "steps", 0) + 1
+        loss = super().loss(batch)
+        return loss * float("nan") if self.steps == 3 else loss
+'''
+
+
+def test_a_diverging_cell_fails_alone_and_is_listed(tmp_path):
+    plugin = tmp_path / "diverging.py"
+    plugin.write_text(DIVERGING_PLUGIN)
+    out = tmp_path / "run"
+    proc = fer_bench("run", "--plugin", str(plugin), "--methods", "diverging,majority", "--profile", "test",
+                     "--set", "diverging.batch_size=32", "--dataset", TINY, "--out", str(out), "--device", "cpu",
+                     check=False)
+    assert proc.returncode == 1
+    assert "diverged at epoch 0 step 2" in proc.stdout
+    assert "majority on" in proc.stdout and ": done in" in proc.stdout
+    summary = (out / "summary.md").read_text()
+    assert "Failed cells" in summary and "diverged at epoch 0 step 2" in summary
+    with sqlite3.connect(out / "results.sqlite") as db:
+        assert sorted(db.execute("SELECT status FROM cells")) == [("done",), ("failed",)]
+        assert "Traceback" in db.execute("SELECT traceback FROM cells WHERE status='failed'").fetchone()[0]
+
+
+def test_kill_minus_9_then_the_same_command_resumes(tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "fer_bench.cli", "run", "--methods", "majority,baseline", "--profile", "test",
+            "--set", "baseline.epochs=40", "--dataset", TINY, "--out", str(out), "--device", "cpu"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = out / "cells"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # wait until the baseline cell has written a checkpoint
+            found = list(checkpoints.glob("*/checkpoint/last.pt"))
+            if found:
+                time.sleep(0.5)
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        else:
+            raise AssertionError("no checkpoint appeared")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with sqlite3.connect(out / "results.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        states = dict(db.execute("SELECT json_extract(spec, '$.method'), status FROM cells"))
+    assert states == {"majority": "done", "baseline": "running"}
+
+    again = fer_bench(*args[3:])
+    assert "majority on" in again.stdout and "skip (done)" in again.stdout
+    with sqlite3.connect(out / "results.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        info = json.loads(db.execute("SELECT info FROM cells WHERE json_extract(spec, '$.method')='baseline'").fetchone()[0])
+        assert db.execute("SELECT count(*) FROM cells WHERE status='done'").fetchone()[0] == 2
+    assert info["resumed_from_epoch"] >= 1
+    assert len(info["history"]) == 40
+
+
+def test_tables_runs_missing_cells_then_no_run_regenerates_identical_csv(tmp_path):
+    bench = tmp_path / "tiny.yaml"
+    bench.write_text(f"""
+name: tiny
+tables:
+  - name: accuracy
+    metric: accuracy
+    rows: [method]
+    grid: {{methods: [majority], datasets: ["{TINY}"], seeds: [0, 1], profile: test}}
+    published: [{{method: majority, value: 40.0, source: "made up for this test"}}]
+""")
+    results = tmp_path / "results"
+    first = fer_bench("tables", str(bench), "--results", str(results), "--device", "cpu")
+    assert first.stdout.count(": done") == 2
+    csv = (results / "tiny" / "accuracy.csv").read_bytes()
+    table = pd.read_csv(results / "tiny" / "accuracy.csv")
+    assert table.loc[0, "published"] == 40.0 and table.loc[0, "n"] == 2
+    assert table.loc[0, "delta"] == pytest.approx(table.loc[0, "ours_mean"] - 40.0, abs=1e-3)
+    (results / "tiny" / "accuracy.csv").unlink()
+    again = fer_bench("tables", str(bench), "--results", str(results), "--no-run")
+    assert ": done" not in again.stdout
+    assert (results / "tiny" / "accuracy.csv").read_bytes() == csv

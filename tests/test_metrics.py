@@ -1,0 +1,356 @@
+"""Tests of fer_bench.metrics: hand-computed oracles, a brute-force kNN oracle, and cross-checks
+against scikit-learn and (when installed) pytorch-metric-learning's AccuracyCalculator."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fer_bench import metrics as M
+
+# ---------------------------------------------------------------------------------------------
+# classification: one hand-made case, 10 items, 5 classes (class 4 never occurs)
+# ---------------------------------------------------------------------------------------------
+Y_TRUE = [0, 0, 0, 0, 1, 1, 2, 2, 2, 3]
+Y_PRED = [0, 0, 1, 2, 1, 1, 2, 0, 0, 3]
+# rows = true class, columns = predicted class
+CM = [[2, 1, 1, 0, 0],
+      [0, 2, 0, 0, 0],
+      [2, 0, 1, 0, 0],
+      [0, 0, 0, 1, 0],
+      [0, 0, 0, 0, 0]]
+# recall    (diag / row sums): 2/4, 2/2, 1/3, 1/1, 0 (class 4 absent from y_true -> 0)
+# precision (diag / col sums): 2/4, 2/3, 1/2, 1/1, 0 (class 4 never predicted -> 0)
+# per-class F1: 0.5, 2*(2/3)*1/(5/3) = 0.8, 2*(1/2)(1/3)/(5/6) = 0.4, 1, 0
+MACRO_P = 8 / 15  # (0.5 + 2/3 + 0.5 + 1 + 0) / 5
+MACRO_R = 17 / 30  # (0.5 + 1 + 1/3 + 1 + 0) / 5
+MACRO_F1 = 0.54  # (0.5 + 0.8 + 0.4 + 1 + 0) / 5
+SGM_F1 = 272 / 495  # 2 * (8/15) * (17/30) / (8/15 + 17/30) = 0.549495...
+MEAN_CLASS_ACC = 17 / 24  # (0.5 + 1 + 1/3 + 1) / 4: classes present in y_true only
+
+
+def test_classification_oracle():
+    np.testing.assert_array_equal(M.confusion_matrix(Y_TRUE, Y_PRED, 5), CM)
+    assert M.accuracy(Y_TRUE, Y_PRED) == pytest.approx(0.6)  # 6 of 10 on the diagonal
+    np.testing.assert_allclose(M.per_class_recall(Y_TRUE, Y_PRED, 5), [0.5, 1, 1 / 3, 1, 0])
+    assert M.mean_class_accuracy(Y_TRUE, Y_PRED) == pytest.approx(MEAN_CLASS_ACC)
+    p, r, f1 = M.macro_precision_recall_f1(Y_TRUE, Y_PRED, 5)
+    assert (p, r, f1) == pytest.approx((MACRO_P, MACRO_R, MACRO_F1))
+    assert M.sgm_f1(Y_TRUE, Y_PRED, 5) == pytest.approx(SGM_F1)
+    assert M.sgm_f1([0, 0], [1, 1], 2) == 0.0  # P = R = 0: defined as 0, not NaN
+
+
+def test_classification_report_is_flat_and_consistent():
+    report = M.classification_report(Y_TRUE, Y_PRED, 5)
+    assert all(isinstance(v, float) for v in report.values())
+    assert report["macro_f1"] == pytest.approx(MACRO_F1)
+    assert report["sgm_f1"] == pytest.approx(SGM_F1)
+    assert report["recall_class2"] == pytest.approx(1 / 3)
+    assert report["mean_class_accuracy"] == pytest.approx(MEAN_CLASS_ACC)
+
+
+def test_classification_matches_sklearn():
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        y_true = rng.integers(0, 6, 200)  # classes 6 and 7 never occur in y_true...
+        y_pred = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, 8, 200))  # ...but in y_pred
+        p, r, f1, _ = skm.precision_recall_fscore_support(
+            y_true, y_pred, labels=range(8), average="macro", zero_division=0)
+        assert M.macro_precision_recall_f1(y_true, y_pred, 8) == pytest.approx((p, r, f1))
+        np.testing.assert_array_equal(M.confusion_matrix(y_true, y_pred, 8),
+                                      skm.confusion_matrix(y_true, y_pred, labels=range(8)))
+        with pytest.warns(UserWarning):  # sklearn warns about y_pred classes absent from y_true
+            expected = skm.balanced_accuracy_score(y_true, y_pred)
+        assert M.mean_class_accuracy(y_true, y_pred) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(y_pred=[0, 5]), "'y_pred' parameter of confusion_matrix must hold class indices in \\[0, 3\\)"),
+    (dict(y_pred=[0.0, 1.0]), "'y_pred' parameter of confusion_matrix must be a 1-D array of integer"),
+    (dict(y_pred=[0, 1, 1]), "must have the same number of rows"),
+])
+def test_classification_errors_name_the_input(bad, message):
+    args = dict(y_true=[0, 1], y_pred=[0, 1], num_classes=3) | bad
+    with pytest.raises(ValueError, match=message):
+        M.confusion_matrix(**args)
+
+
+# ---------------------------------------------------------------------------------------------
+# nearest neighbours: brute-force oracle
+# ---------------------------------------------------------------------------------------------
+
+def brute_knn(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool) -> np.ndarray:
+    """Full float64 distance matrix + stable argsort: nearest first, ties to the smaller index."""
+    q, g = queries.astype(np.float64), gallery.astype(np.float64)
+    d = ((q[:, None, :] - g[None, :, :]) ** 2).sum(axis=2)
+    if exclude_self:
+        np.fill_diagonal(d, np.inf)
+    return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("chunk", [4096, 257, 64, 50])  # N = 257: chunk > N, = N, divides not N
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_knn_indices_matches_brute_force(chunk, exclude_self):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((257, 8)) + 3).astype(np.float32)  # off-centre on purpose
+    got = M.knn_indices(x, x, 7, exclude_self=exclude_self, chunk=chunk)
+    assert got.shape == (257, 7) and got.dtype == np.int64
+    np.testing.assert_array_equal(got, brute_knn(x, x, 7, exclude_self))
+    if exclude_self:
+        assert not (got == np.arange(257)[:, None]).any()
+    else:
+        np.testing.assert_array_equal(got[:, 0], np.arange(257))  # a row is its own nearest
+
+
+def test_knn_indices_separate_query_set():
+    rng = np.random.default_rng(2)
+    gallery = rng.standard_normal((300, 16)).astype(np.float32)
+    queries = rng.standard_normal((45, 16)).astype(np.float32)
+    got = M.knn_indices(queries, gallery, 11, chunk=16)
+    np.testing.assert_array_equal(got, brute_knn(queries, gallery, 11, False))
+
+
+@pytest.mark.parametrize("chunk", [1000, 37])
+def test_knn_indices_ties_go_to_the_smaller_index(chunk):
+    # Integer coordinates in a set symmetric about 0: the centring and every distance are exact in
+    # float32, so many exact ties occur (repeated points and equal distances); each is broken by
+    # the smaller gallery index, as the stable argsort of the oracle does.
+    rng = np.random.default_rng(3)
+    base = rng.integers(-3, 4, (15, 4)).astype(np.float32)
+    x = np.concatenate([base, -base] * 6)  # (180, 4); every point occurs at least 6 times
+    assert M.knn_indices(x, x, 9, exclude_self=True, chunk=chunk).tolist() == \
+        brute_knn(x, x, 9, True).tolist()
+    identical = np.zeros((50, 3), dtype=np.float32)
+    np.testing.assert_array_equal(M.knn_indices(identical, identical, 4, exclude_self=True,
+                                                chunk=chunk)[:3], [[1, 2, 3, 4], [0, 2, 3, 4], [0, 1, 3, 4]])
+
+
+def test_knn_indices_never_builds_an_n_by_n_matrix(monkeypatch):
+    shapes = []
+    real_mm = torch.mm
+
+    def recording_mm(a, b, **kwargs):
+        shapes.append(tuple(kwargs["out"].shape) if "out" in kwargs else (a.shape[0], b.shape[1]))
+        return real_mm(a, b, **kwargs)
+
+    monkeypatch.setattr(torch, "mm", recording_mm)
+    x = np.random.default_rng(4).standard_normal((500, 8)).astype(np.float32)
+    M.knn_indices(x, x, 5, exclude_self=True, chunk=128)
+    assert shapes and all(rows <= 128 for rows, _ in shapes)
+
+
+def test_knn_indices_errors():
+    x = np.zeros((5, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match="'k' parameter of knn_indices must be an int in \\[1, 4\\]"):
+        M.knn_indices(x, x, 5, exclude_self=True)
+    with pytest.raises(ValueError, match="finite"):
+        M.knn_indices(np.full((5, 2), np.nan), x, 1)
+    with pytest.raises(ValueError, match="same dimension"):
+        M.knn_indices(np.zeros((5, 3)), x, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# retrieval, kNN classification, MAP@R: hand oracles on points of a line
+# ---------------------------------------------------------------------------------------------
+# x = 0, 1, 3, 3.5, 10, 11.5 with labels 0, 0, 1, 0, 1, 1. Neighbours without the query (no ties):
+#   item 0: 1, 2, 3, 4, 5 -> labels 0 1 0 1 1 -> same-label flags 1 0 1 0 0
+#   item 1: 0, 2, 3, 4, 5 -> 0 1 0 1 1 -> 1 0 1 0 0
+#   item 2: 3, 1, 0, 4, 5 -> 0 0 0 1 1 -> 0 0 0 1 1
+#   item 3: 2, 1, 0, 4, 5 -> 1 0 0 1 1 -> 0 1 1 0 0
+#   item 4: 5, 3, 2, 1, 0 -> 1 0 1 0 0 -> 1 0 1 0 0
+#   item 5: 4, 3, 2, 1, 0 -> 1 0 1 0 0 -> 1 0 1 0 0
+LINE_X = np.array([[0.0], [1.0], [3.0], [3.5], [10.0], [11.5]], dtype=np.float32)
+LINE_Y = np.array([0, 0, 1, 0, 1, 1])
+RECALL = {1: 4 / 6, 2: 5 / 6, 4: 6 / 6}  # rows with a 1 among their first K flags
+ACC = {1: 4 / 6, 2: 5 / 12, 4: 11 / 24}  # K=2: (1+1+0+1+1+1)/2/6; K=4: (2+2+1+2+2+2)/4/6
+# MAP@R: both labels have 3 members, so R = 2 for every item.
+#   AP = (1/R) sum_{i<=R} P@i * rel_i: flags 1 0 -> (1*1 + 0)/2 = 0.5; 0 0 -> 0; 0 1 -> (0 + 1/2)/2
+MAP_AT_R = (0.5 + 0.5 + 0 + 0.25 + 0.5 + 0.5) / 6  # 0.375
+
+
+def test_recall_and_acc_at_k_oracle():
+    recall, acc = M.retrieval_metrics(LINE_X, LINE_Y, ks=(1, 2, 4, 8))
+    assert list(recall) == [1, 2, 4]  # K = 8 > N - 1 = 5 is skipped
+    assert recall == pytest.approx(RECALL)
+    assert acc == pytest.approx(ACC)
+    assert M.recall_at_k(LINE_X, LINE_Y, ks=(2,)) == pytest.approx({2: 5 / 6})
+    assert M.acc_at_k(LINE_X, LINE_Y, ks=(4,)) == pytest.approx({4: 11 / 24})
+
+
+def test_map_at_r_oracle():
+    assert M.map_at_r(LINE_X, LINE_Y) == pytest.approx(MAP_AT_R)
+    # A far-away item of its own label has R = 0: it is left out, and is last for everyone else.
+    x = np.concatenate([LINE_X, [[50.0]]]).astype(np.float32)
+    assert M.map_at_r(x, np.append(LINE_Y, 2)) == pytest.approx(MAP_AT_R)
+    # Perfectly separated classes: every AP is 1.
+    assert M.map_at_r(LINE_X, [0, 0, 0, 0, 1, 1]) == pytest.approx(1.0)
+    assert math.isnan(M.map_at_r(LINE_X[:2], [0, 1]))
+
+
+# Training points on a line: 0 1 2 | 10 11 12 | 5 with labels 0 0 0 | 1 1 1 | 2.
+TRAIN_X = np.array([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0], [5.0]], dtype=np.float32)
+TRAIN_Y = np.array([0, 0, 0, 1, 1, 1, 2])
+# k = 3:  1.4 -> 1, 2, 0 (labels 0 0 0) -> 0      10.6 -> 11, 10, 12 (1 1 1) -> 1
+#         4.6 -> 5, 2, 1 (2 0 0) -> 0             7.4 -> 5, 10, 11 (2 1 1) -> 1
+TEST_X = np.array([[1.4], [10.6], [4.6], [7.4]], dtype=np.float32)
+TEST_Y = np.array([0, 1, 2, 2])  # predictions 0 1 0 1: two of four right
+
+
+def test_knn_accuracy_and_proba_oracle():
+    assert M.knn_accuracy(TRAIN_X, TRAIN_Y, TEST_X, TEST_Y, k=3) == pytest.approx(0.5)
+    np.testing.assert_allclose(M.knn_predict_proba(TRAIN_X, TRAIN_Y, TEST_X, k=3),
+                               [[1, 0, 0], [0, 1, 0], [2 / 3, 0, 1 / 3], [0, 2 / 3, 1 / 3]])
+
+
+def test_knn_tie_break():
+    # k = 2 at 5.9: neighbours 5 (d 0.9, label 2) and 2 (d 3.9, label 0) -> one vote each.
+    query = np.array([[5.9]], dtype=np.float32)
+    np.testing.assert_allclose(M.knn_predict_proba(TRAIN_X, TRAIN_Y, query, k=2), [[0.5, 0, 0.5]])
+    assert M.knn_predict(TRAIN_X, TRAIN_Y, query, k=2).tolist() == [2]  # the nearest's class
+    assert M.knn_predict(TRAIN_X, TRAIN_Y, query, k=2, tie_break="lowest_label").tolist() == [0]
+    with pytest.raises(ValueError, match="'tie_break' parameter of knn_predict must be one of"):
+        M.knn_predict(TRAIN_X, TRAIN_Y, query, k=2, tie_break="random")
+
+
+def test_knn_matches_sklearn_with_lowest_label_ties():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(5)
+    train_x = rng.standard_normal((400, 6)).astype(np.float32)
+    train_y = rng.integers(0, 5, 400)
+    test_x = rng.standard_normal((150, 6)).astype(np.float32)
+    sk = KNeighborsClassifier(n_neighbors=11, algorithm="brute").fit(train_x, train_y)
+    np.testing.assert_allclose(M.knn_predict_proba(train_x, train_y, test_x, k=11),
+                               sk.predict_proba(test_x))
+    np.testing.assert_array_equal(M.knn_predict(train_x, train_y, test_x, k=11,
+                                                tie_break="lowest_label"), sk.predict(test_x))
+
+
+# ---------------------------------------------------------------------------------------------
+# NMI and the bundled report
+# ---------------------------------------------------------------------------------------------
+
+def blobs(n_per_class: int, classes: int, dim: int, spread: float, seed: int):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, dim)) * 10
+    y = np.repeat(np.arange(classes), n_per_class)
+    return (centres[y] + spread * rng.standard_normal((len(y), dim))).astype(np.float32), y
+
+
+def test_nmi_matches_sklearn_and_separated_clusters():
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    x, y = blobs(40, 4, 5, spread=1.0, seed=6)
+    assert M.nmi(x, y, seed=0) == pytest.approx(1.0)  # well separated: clusters = classes
+    x, y = blobs(40, 4, 5, spread=12.0, seed=7)  # overlapping
+    clusters = KMeans(n_clusters=4, n_init=10, random_state=3).fit_predict(x)
+    value = M.nmi(x, y, seed=3)
+    assert value == pytest.approx(normalized_mutual_info_score(y, clusters))
+    assert 0.0 < value < 1.0
+
+
+def test_embedding_report():
+    train_x, train_y = blobs(30, 3, 4, spread=1.0, seed=8)
+    test_x, test_y = blobs(5, 3, 4, spread=1.0, seed=9)  # N = 15: K = 16, 32 are skipped
+    report = M.embedding_report(train_x, train_y, test_x, test_y, num_classes=3, seed=0)
+    assert set(report) == {"recall@1", "recall@2", "recall@4", "recall@8", "acc@1", "acc@2",
+                           "acc@4", "acc@8", "knn_acc", "nmi", "map@r"}
+    assert all(isinstance(v, float) for v in report.values())
+    assert report["recall@1"] == report["acc@1"]
+
+
+def test_cross_check_pytorch_metric_learning():
+    pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning.distances import LpDistance
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    x, y = blobs(60, 5, 8, spread=9.0, seed=10)  # overlapping classes, no lone labels
+    calc = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"),
+                              k="max_bin_count", device=torch.device("cpu"),
+                              knn_func=CustomKNN(LpDistance(normalize_embeddings=False)))
+    pml = calc.get_accuracy(torch.from_numpy(x), torch.from_numpy(y))
+    recall, acc = M.retrieval_metrics(x, y, ks=(1,))
+    assert 0.2 < pml["precision_at_1"] < 0.95  # the check is not a trivial 1 = 1
+    assert recall[1] == pytest.approx(pml["precision_at_1"], abs=1e-9)
+    assert acc[1] == pytest.approx(pml["precision_at_1"], abs=1e-9)
+    assert M.map_at_r(x, y) == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-6)
+
+
+def test_nmi_close_to_pytorch_metric_learning():
+    # PML clusters with faiss k-means, another algorithm: compare loosely, on separated data.
+    pytest.importorskip("pytorch_metric_learning")
+    pytest.importorskip("faiss")
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    x, y = blobs(60, 5, 8, spread=3.0, seed=11)
+    pml = AccuracyCalculator(include=("NMI",), device=torch.device("cpu")).get_accuracy(
+        torch.from_numpy(x), torch.from_numpy(y))
+    assert M.nmi(x, y) == pytest.approx(pml["NMI"], abs=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# distributions
+# ---------------------------------------------------------------------------------------------
+P_REF = [[0.5, 0.5], [1.0, 0.0]]
+Q_PRED = [[0.25, 0.75], [0.5, 0.5]]
+# KL row 1: 0.5 ln(0.5/0.25) + 0.5 ln(0.5/0.75) = 0.5 ln(4/3) = 0.1438410
+# KL row 2: 1 ln(1/0.5) + 0 = ln 2 = 0.6931472                      mean 0.4184941
+KL = 0.41849410839291784
+# JS row 1: m = (.375, .625); KL(p||m) = 0.5 ln(16/15) = 0.0322693, KL(q||m) = .25 ln(2/3) + .75 ln 1.2
+#           = 0.0353748; JS = 0.0338221.   JS row 2: m = (.75, .25); KL(p||m) = ln(4/3),
+#           KL(q||m) = 0.5 ln(4/3); JS = 0.75 ln(4/3) = 0.2157616.         mean 0.1247918
+JS = 0.12479181495372044
+
+
+def test_kl_and_js_oracle():
+    assert M.kl_divergence(P_REF, Q_PRED) == pytest.approx(KL, rel=1e-6)
+    assert M.js_divergence(P_REF, Q_PRED) == pytest.approx(JS, rel=1e-6)
+    # Rows are normalised: scaled inputs give the same values.
+    assert M.kl_divergence(np.array(P_REF) * 7, np.array(Q_PRED) * 3) == pytest.approx(KL, rel=1e-6)
+    assert M.js_divergence([[1, 0]], [[0, 1]]) == pytest.approx(math.log(2))  # disjoint: ln 2
+    assert M.kl_divergence(P_REF, P_REF) == pytest.approx(0.0, abs=1e-7)  # eps floor: O(eps)
+    assert np.isfinite(M.kl_divergence([[0.5, 0.5]], [[1.0, 0.0]]))  # q = 0 is floored at eps
+    with pytest.raises(ValueError, match="'q_pred' parameter of kl_divergence"):
+        M.kl_divergence(P_REF, [[-1.0, 2.0], [0.5, 0.5]])
+
+
+# ---------------------------------------------------------------------------------------------
+# cost helpers
+# ---------------------------------------------------------------------------------------------
+
+def test_parameter_count():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))  # 8 + 3 parameters
+    model[0].bias.requires_grad_(False)
+    assert M.parameter_count(model) == {"total": 11, "trainable": 9}
+
+
+def test_peak_memory_is_in_bytes():
+    pytest.importorskip("resource")
+    try:
+        with open("/proc/self/status") as status:
+            rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    except FileNotFoundError:
+        pytest.skip("needs /proc (Linux)")
+    peak = M.peak_memory_bytes("cpu")
+    # The peak is at least about the current RSS (the kernel updates it lazily, hence 0.9); KiB
+    # taken for bytes would be 1024 x too small.
+    assert 0.9 * rss_kib * 1024 <= peak < 64 * 2**30
+
+
+def test_inference_ms_per_image():
+    sizes = []
+
+    def fn(batch):
+        sizes.append(len(batch))
+        time.sleep(0.005)
+
+    ms = M.inference_ms_per_image(fn, torch.zeros(11, 3), batch_size=5, repeats=2, warmup=1)
+    assert sizes == [5] + [5, 5, 1] * 2  # one warm-up call, then two passes of three batches
+    assert 15 / 11 <= ms < 15 / 11 * 3  # >= 3 sleeps of 5 ms per 11 images

@@ -1,0 +1,73 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from fer_bench.data.noise import noisy_labels
+from fer_bench.store import Store
+from fer_bench.tables import load_benchmark, paper_table, summarize
+
+
+def test_store_roundtrip_and_status_transitions(tmp_path):
+    spec = '{"method": "m", "dataset_label": "d", "seed": 0, "label_noise": 0.0, "profile": "test", "overrides_label": ""}'
+    with Store(tmp_path / "results.sqlite") as store:
+        store.mark_running("a", spec)
+        assert store.status("a") == "running"
+        store.record_failed("a", spec, "boom", "Traceback ...", 1.0)
+        assert store.cell("a")["error"] == "boom"
+        store.mark_running("a", spec)
+        store.record_done("a", spec, {"accuracy": 0.5, "nmi": 0.25}, {"pred": "cells/a/pred.npy"}, 2.0, {"x": 1})
+        cell = store.cell("a")
+        assert cell["status"] == "done" and cell["error"] is None and cell["info"] == {"x": 1}
+        assert store.metrics("a") == {"accuracy": 0.5, "nmi": 0.25}
+        assert store.artifacts("a") == {"pred": "cells/a/pred.npy"}
+        frame = store.metrics_frame()
+        assert sorted(frame["metric"]) == ["accuracy", "nmi"] and store.integrity_ok()
+        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _long(rows):
+    return pd.DataFrame(rows, columns=["cell_id", "method", "dataset", "seed", "label_noise", "profile", "overrides",
+                                       "metric", "value"])
+
+
+def test_summarize_mean_std_n_over_seeds():
+    long = _long([["a", "m", "d", 0, 0.0, "q", "", "accuracy", 0.5], ["b", "m", "d", 1, 0.0, "q", "", "accuracy", 0.7]])
+    row = summarize(long).iloc[0]
+    assert row["mean"] == pytest.approx(0.6) and row["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1)) and row["n"] == 2
+
+
+def test_paper_table_published_ours_delta():
+    long = _long([["a", "m", "d", 0, 0.0, "q", "", "accuracy", 0.80], ["b", "m", "d", 1, 0.0, "q", "", "accuracy", 0.90],
+                  ["c", "k", "d", 0, 0.0, "q", "", "accuracy", 0.5]])
+    table = {"metric": "accuracy", "scale": 100, "rows": ["method", "dataset"],
+             "published": [{"method": "m", "dataset": "d", "value": 87.5, "source": "Paper, Table 2"},
+                           {"method": "z", "dataset": "d", "value": 60.0, "source": "Paper, Table 2"}]}
+    out = paper_table(table, long).set_index("method")
+    assert out.loc["m", "ours_mean"] == pytest.approx(85.0) and out.loc["m", "delta"] == pytest.approx(-2.5)
+    assert out.loc["m", "ours"].startswith("85.00 ± 7.07 (n=2)")
+    assert out.loc["z", "ours"] == "missing" and np.isnan(out.loc["k", "published"])
+
+
+def test_benchmark_file_with_unknown_key_is_rejected(tmp_path):
+    path = tmp_path / "b.yaml"
+    path.write_text("tables:\n  - name: t\n    metric: accuracy\n    grid: {methods: [majority]}\n    colour: red\n")
+    with pytest.raises(ValueError, match="unknown key 'colour'"):
+        load_benchmark(path)
+    path.write_text("tables:\n  - name: t\n    metric: accuracy\n    grid: {methods: [majority]}\n"
+                    "    published: [{method: majority, value: 1.0}]\n")
+    with pytest.raises(ValueError, match="needs 'value' and 'source'"):
+        load_benchmark(path)
+
+
+@pytest.mark.parametrize("kind", ["symmetric", "pairflip"])
+def test_label_noise_rate_and_purity(kind):
+    labels = np.arange(20000) % 7
+    noisy = noisy_labels(labels, 7, 0.3, kind, seed=3)
+    assert abs((noisy != labels).mean() - 0.3) < 0.015
+    assert np.array_equal(noisy, noisy_labels(labels, 7, 0.3, kind, seed=3))
+    flipped = noisy[noisy != labels]
+    if kind == "pairflip":
+        assert np.array_equal(flipped, (labels[noisy != labels] + 1) % 7)
+    else:  # every other class about equally likely
+        counts = np.bincount((noisy - labels)[noisy != labels] % 7, minlength=7)[1:]
+        assert counts.min() > 0.8 * counts.mean()
