@@ -33,18 +33,21 @@ Generative model (one image; every factor is a column of ``FERDataset.factors``)
    blur and sensor noise. ``spurious > 0`` makes ``spurious_factor`` (glasses or the background
    tint) follow the class in the train split only (see ``_spurious``); val and test stay unbiased.
 5. Rendering (``_Renderer``). Shapes are implicit functions (ellipses, bands between curves,
-   capsules) evaluated by numpy on the pixel grid of a batch of faces, only inside each part's
-   window. Coverage is the signed distance in pixels clipped to ``[0, 1]`` (analytic anti-aliasing,
-   exact for straight edges); ``supersample=k`` also renders at ``k`` times the size and box-reduces.
-   Parts are composited back to front, then lighting, blur, noise and rounding to uint8.
+   capsules) evaluated by numpy over a batch of faces, each part inside a pixel box per image.
+   Coverage is the signed distance in pixels over the edge width (1 + 2 x defocus sigma) clipped to
+   ``[0, 1]``: analytic anti-aliasing, exact for straight edges, and defocus widens every edge
+   instead of blurring the image. ``supersample=k`` also renders at ``k`` times the size and
+   box-reduces. Parts are composited back to front (paints, and multiplicative marks for wrinkles,
+   lid lines and shading), then lighting, sensor noise and rounding to uint8.
 
 Determinism: every random factor of image ``i`` is a counter-based hash of
 ``(seed, stream, split, i, factor name)`` (SplitMix64; ``_Stream``), so an image is a pure function of
 ``(seed, split, i, options)``: it can be regenerated alone, a batch or a worker process gives the same
 bytes, and there is no global RNG. (We do not build ``np.random.default_rng([seed, split, i])`` per
 image because constructing one costs ~60-100 us here, a fifth of the per-image budget; the hash is
-the same idea, vectorised.) Pixel arithmetic uses only +, -, *, /, sqrt, min / max and clip, which
-IEEE 754 rounds identically whatever the batch shape; sines and cosines are taken per image in Python.
+the same idea, vectorised.) Pixel arithmetic uses only +, -, *, /, sqrt, abs, floor, min / max and
+clip, which IEEE 754 rounds identically whatever the batch shape; sines and cosines are taken per
+image in Python.
 
 The adapter caches the rendered images with :func:`fer_bench.data.cache.cached_images` (keyed by the
 fingerprint: generator version, split and options); labels, ``label_dist``, ``groups`` and factors are
@@ -71,7 +74,7 @@ from fer_bench.registry import register_dataset
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 IDENTITY_STRIDE = 10_000_000          # global identity id = split_code * IDENTITY_STRIDE + i // per_identity
@@ -362,7 +365,8 @@ def sample_factors(split: str, index: np.ndarray | Sequence[int], **options: Any
              partner_variant=partner_variant, blend_weight=weight, side=side, au=np.clip(au, 0.0, 1.25))
 
     # --- identity ------------------------------------------------------------------------------
-    tone = idn.u("skin_tone") ** 1.15
+    tone = idn.u("skin_tone")
+    tone = tone * (0.85 + 0.15 * tone)            # a little skewed to lighter tones; polynomial: exact in IEEE
     pos = tone * (len(SKIN_PALETTE) - 1)
     lo_i = np.minimum(pos.astype(np.int64), len(SKIN_PALETTE) - 2)
     frac = (pos - lo_i)[:, None]
@@ -1584,9 +1588,11 @@ def render_images(split: str, index: np.ndarray | Sequence[int], **options: Any)
     index = np.asarray(index, dtype=np.int64).reshape(-1)
     size = opts["size"]
     out = np.empty((len(index), size, size, 3), dtype=np.uint8)
-    for start in range(0, len(index), BATCH):
-        F = sample_factors(split, index[start:start + BATCH], **opts)
-        out[start:start + BATCH] = render(F, size, opts["supersample"])
+    for start in range(0, len(index), CHUNK):              # sampling is cheaper in long runs
+        F = sample_factors(split, index[start:start + CHUNK], **opts)
+        for b in range(0, len(F["index"]), BATCH):
+            rows = {k: v[b:b + BATCH] for k, v in F.items()}
+            out[start + b:start + b + BATCH] = render(rows, size, opts["supersample"])
     return out
 
 
