@@ -50,6 +50,10 @@ class Store:
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
+        try:  # fold the write-ahead log back into the file so the store is one self-contained file
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:  # another process holds it: it will checkpoint on its close
+            pass
         self._db.close()
 
     def __enter__(self) -> "Store":

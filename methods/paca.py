@@ -1,0 +1,428 @@
+"""ViT with patch-to-cluster attention over externally clustered patches (seed-004 study on PaCa-ViT).
+
+Papers: "Patch clustering for emotion recognition with ViTs" (the seed-004 study, AffectNet-8,
+``shared/papers/vit-patch-clustering-affectnet.txt``), built on PaCa-ViT (Grainger et al., "PaCa-ViT:
+Learning Patch-to-Cluster Attention in Vision Transformers", CVPR 2023). Notes: methods.md section 3.
+
+What is implemented:
+
+- Tokens: the image (``image_size``, 96 in the study) is cut into a grid of ``patch_size`` patches
+  (36 patches of 16 x 16), each flattened and linearly projected ("linear projection of flattened
+  patches"), plus a learned position embedding and a class token; depth-6 pre-norm transformer;
+  the class token's final normalised state is the embedding, a linear head gives the logits.
+- Patch clustering (``clustering``): each image's patches are embedded by a frozen network
+  (``backbone``: ResNet-50, 2048-d from global average pooling; ImageNet weights with
+  ``pretrained="imagenet"`` in the paper profile) and clustered per image into ``clusters`` groups by
+  kmeans | agglomerative | spectral | gmm | hdbscan (``fer_bench.clustering``); embeddings and
+  assignments are computed once per dataset and cached (training images keyed by the dataset
+  fingerprint, images given to predict/embed by a digest of their bytes).
+- Patch-to-cluster attention (``PatchToClusterAttention``): queries from the tokens, keys and values
+  from the class token and the cluster tokens (centroids of the assignment; empty clusters masked).
+  ``cluster_tokens="static"`` (the study read literally): centroids of the frozen patch embeddings,
+  layer-normalised once and projected to keys / values by each layer; ``"pooled"`` (as PaCa-ViT
+  does with its z): the same hard assignment pools each layer's current normalised tokens, followed
+  by a LayerNorm (``cluster_norm``).
+- ``clustering="learned"``: PaCa-ViT's own clustering, a head on the first block's normalised patch
+  tokens giving (B, N, M) logits, softmax over the N patches per cluster (``learned_head``: "conv" =
+  PaCa's P2CConv2d, depthwise 3 x 3 on the patch grid (PaCa uses 7 x 7 on larger grids), GELU, 1 x 1,
+  GELU, 1 x 1 to M; "linear" = P2CLinear); later blocks reuse z on their own tokens.
+- ``clustering="none"``: plain patch-to-patch attention, the reference ViT (registered as ``vit``).
+
+Choices where the study is silent (named, documented): the class token is a key as well as a query
+(so that with every patch its own cluster, pooled patch-to-cluster attention equals patch-to-patch
+attention exactly); token width, heads, MLP ratio 4, dropout; each patch is fed to the embedding network
+at its native size (``embed_size`` resizes it); a random-init embedding network is drawn with seed
+``fer_bench.clustering.EMBEDDER_INIT_SEED`` (shared by all runs, as the study used one set of
+embeddings); the clustering has its own ``cluster_seed`` (one clustering per dataset as in the study;
+the training ``seed`` varies the network only). Augmentation is off in every profile: it would move
+pixels away from the cached assignments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fer_bench import clustering as PC
+from fer_bench.data import FERDataset
+from fer_bench.method import Param, ParameterError, TorchMethod
+from fer_bench.registry import register_method
+
+log = logging.getLogger(__name__)
+
+EXTERNAL = PC.CLUSTER_METHODS                     # clusterings computed outside the network
+CLUSTERINGS = (*EXTERNAL, "learned", "none")
+
+
+# --------------------------------------------------------------------------------------------------
+# The network
+
+
+def assignment_pooling(assign: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard assignments (B, N) in 0..m-1 -> row-normalised pooling matrix (B, m, N) and valid mask (B, m)."""
+    onehot = F.one_hot(assign.long(), m).float()                          # (B, N, m)
+    counts = onehot.sum(1)                                                # (B, m)
+    z = onehot.transpose(1, 2) / counts.clamp_min(1).unsqueeze(-1)       # (B, m, N), rows sum to 1 (or 0)
+    return z, counts > 0
+
+
+class PatchToClusterAttention(nn.Module):
+    """Multi-head attention with queries from ``x`` (B, T, C) and keys / values from ``kv`` (B, M, C_kv).
+
+    ``mask`` (B, M) bool marks the keys that exist (False: an empty cluster, never attended to).
+    ``A = softmax(Q K^T / sqrt(d))`` over the M keys, then the output projection.
+    """
+
+    def __init__(self, dim: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"The token width {dim} must be divisible by the number of heads {heads}.")
+        self.heads, self.attn_drop = heads, attn_drop
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.proj, self.drop = nn.Linear(dim, dim), nn.Dropout(proj_drop)
+
+    def split(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, c = t.shape
+        return t.view(b, n, self.heads, c // self.heads).transpose(1, 2)  # (B, h, n, d)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Projected q (B, T, C), k and v (B, M, C), mask (B, M) -> (B, T, C)."""
+        attn_mask = None if mask is None else mask[:, None, None, :]      # (B, 1, 1, M) broadcast over heads, queries
+        out = F.scaled_dot_product_attention(self.split(q), self.split(k), self.split(v), attn_mask=attn_mask,
+                                             dropout_p=self.attn_drop if self.training else 0.0)  # (B, h, T, d)
+        b, _, t, _ = out.shape
+        return self.drop(self.proj(out.transpose(1, 2).reshape(b, t, -1)))   # (B, T, C)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.attend(self.q(x), self.k(kv), self.v(kv), mask)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block whose attention keys / values are [class token] + cluster tokens.
+
+    mode "none": the cluster tokens are the patch tokens (patch-to-patch); "pooled" / "learned": the
+    pooling matrix z (B, M, N) pools the normalised patch tokens, then LayerNorm; "static": the cluster
+    tokens are given centroids (B, M, D_e), projected by this block's own ``k_static`` / ``v_static``.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop: float, mode: str, static_dim: int | None,
+                 cluster_norm: bool):
+        super().__init__()
+        self.mode = mode
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = PatchToClusterAttention(dim, heads, attn_drop=drop, proj_drop=drop)
+        self.cluster_norm = nn.LayerNorm(dim) if cluster_norm and mode in ("pooled", "learned") else nn.Identity()
+        if mode == "static":
+            self.k_static, self.v_static = nn.Linear(static_dim, dim), nn.Linear(static_dim, dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(drop), nn.Linear(hidden, dim), nn.Dropout(drop))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None, mask: torch.Tensor | None,
+                centroids: torch.Tensor | None) -> torch.Tensor:
+        h = self.norm1(x)                                                 # (B, 1+N, C)
+        cls, patches = h[:, :1], h[:, 1:]                                 # (B, 1, C), (B, N, C)
+        a = self.attn
+        full_mask = None if mask is None else torch.cat([mask.new_ones(len(mask), 1), mask], 1)  # (B, 1+M)
+        if self.mode == "none":
+            k, v = a.k(h), a.v(h)                                         # (B, 1+N, C)
+        elif self.mode == "static":
+            k = torch.cat([a.k(cls), self.k_static(centroids)], 1)        # (B, 1+M, C)
+            v = torch.cat([a.v(cls), self.v_static(centroids)], 1)
+        else:
+            c = self.cluster_norm(z @ patches)                            # (B, M, C)
+            kv = torch.cat([cls, c], 1)                                   # (B, 1+M, C)
+            k, v = a.k(kv), a.v(kv)
+        x = x + a.attend(a.q(h), k, v, full_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class LearnedClustering(nn.Module):
+    """PaCa-ViT's clustering head: patch tokens (B, N, C) on a g x g grid -> z (B, M, N), softmax over N."""
+
+    def __init__(self, dim: int, m: int, grid: int, kind: str):
+        super().__init__()
+        self.grid, self.kind = grid, kind
+        if kind == "conv":        # P2CConv2d
+            self.net = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, groups=dim), nn.GELU(),
+                                     nn.Conv2d(dim, dim, 1), nn.GELU(), nn.Conv2d(dim, m, 1, bias=False))
+        elif kind == "linear":    # P2CLinear
+            self.net = nn.Linear(dim, m, bias=False)
+        else:
+            raise ValueError(f"learned_head must be 'conv' or 'linear'. Got {kind!r} instead.")
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        b, n, c = patches.shape
+        if self.kind == "conv":
+            grid = patches.transpose(1, 2).reshape(b, c, self.grid, self.grid)   # (B, C, g, g)
+            logits = self.net(grid).flatten(2)                            # (B, M, N)
+        else:
+            logits = self.net(patches).transpose(1, 2)                    # (B, M, N)
+        return logits.softmax(dim=-1)                                     # each cluster: a convex combination of patches
+
+
+class PaCaViT(nn.Module):
+    """Patch tokens + class token -> ``depth`` blocks of (patch-to-cluster | patch-to-patch) attention."""
+
+    def __init__(self, num_classes: int, image_size: int, patch_size: int, dim: int, depth: int, heads: int,
+                 mlp_ratio: float, dropout: float, mode: str, clusters: int, static_dim: int | None = None,
+                 cluster_norm: bool = True, learned_head: str = "conv"):
+        super().__init__()
+        self.grid, self.patch, self.mode, self.clusters = image_size // patch_size, patch_size, mode, clusters
+        n = self.grid ** 2
+        self.patch_embed = nn.Linear(3 * patch_size * patch_size, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n, dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.drop = nn.Dropout(dropout)
+        self.centroid_norm = nn.LayerNorm(static_dim) if mode == "static" else None
+        self.learned = LearnedClustering(dim, clusters, self.grid, learned_head) if mode == "learned" else None
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, mode, static_dim, cluster_norm)
+                                    for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B, 3, S, S) -> tokens (B, 1+N, C)."""
+        patches = PC.cut_patches(x, self.patch).flatten(2)               # (B, N, 3*p*p)
+        t = self.patch_embed(patches)                                     # (B, N, C)
+        t = torch.cat([self.cls_token.expand(len(t), -1, -1), t], 1)      # (B, 1+N, C)
+        return self.drop(t + self.pos_embed)
+
+    def features(self, x: torch.Tensor, assign: torch.Tensor | None = None,
+                 centroids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, S, S), assignments (B, N) and, in static mode, centroids (B, M, D_e) -> class token (B, C)."""
+        t = self.tokens(x)
+        z = mask = cen = None
+        if self.mode in ("pooled", "static"):
+            if assign is None:
+                raise ValueError(f"Patch-to-cluster mode {self.mode!r} needs the patch assignments (B, N).")
+            z, mask = assignment_pooling(assign, self.clusters)          # (B, M, N), (B, M)
+            if self.mode == "static":
+                if centroids is None:
+                    raise ValueError("Static cluster tokens need the centroids (B, M, D_e) of the frozen embeddings.")
+                cen = self.centroid_norm(centroids.float())               # (B, M, D_e)
+        for i, block in enumerate(self.blocks):
+            if self.mode == "learned" and i == 0:
+                z = self.learned(block.norm1(t)[:, 1:])                   # (B, M, N), computed in the first block
+            t = block(t, z, mask, cen)
+        return self.norm(t)[:, 0]                                         # (B, C)
+
+    def forward(self, x: torch.Tensor, assign: torch.Tensor | None = None,
+                centroids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.features(x, assign, centroids))             # (B, classes)
+
+
+# --------------------------------------------------------------------------------------------------
+# The method
+
+
+@register_method("paca")
+class PaCa(TorchMethod):
+    """ViT with patch-to-cluster attention on per-image clusterings of frozen patch embeddings."""
+
+    params = {
+        "backbone": Param("resnet50", str, doc="frozen patch-embedding network (fer_bench.models.BACKBONES)"),
+        "image_size": Param(96, int, low=8, high=512),
+        "augment": Param("none", choices=("none", "light", "standard"),
+                         doc="off by default: augmentation moves pixels away from the cached assignments"),
+        "patch_size": Param(16, int, low=1, high=512, doc="patch side; image_size / patch_size = grid"),
+        "embed_size": Param(None, int, low=8, high=512, none_ok=True,
+                            doc="resize each patch to this size for the embedding network (None: native)"),
+        "clustering": Param("kmeans", choices=CLUSTERINGS),
+        "clusters": Param(4, int, low=1, doc="k: cluster tokens per image"),
+        "cluster_tokens": Param("static", choices=("static", "pooled"),
+                                doc="static: frozen-embedding centroids; pooled: the assignment pools each layer's tokens"),
+        "cluster_backend": Param("sklearn", choices=("sklearn", "torch"), doc="torch: batched k-means (kmeans only)"),
+        "cluster_workers": Param(0, int, low=0, doc="process pool size for per-image clustering (0: in process)"),
+        "cluster_seed": Param(0, int, low=0, doc="seed of the clustering (kmeans, spectral, gmm)"),
+        "kmeans_n_init": Param(1, int, low=1),
+        "spectral_affinity": Param("default", choices=PC.SPECTRAL_AFFINITIES),
+        "gmm_covariance": Param("diag", choices=("diag", "spherical", "full", "tied")),
+        "hdbscan_min_cluster_size": Param(5, int, low=2),
+        "hdbscan_noise": Param("nearest", choices=PC.HDBSCAN_NOISE),
+        "learned_head": Param("conv", choices=("conv", "linear")),
+        "cluster_norm": Param(True, bool, doc="LayerNorm on pooled / learned cluster tokens (PaCa-ViT)"),
+        "dim": Param(192, int, low=1),
+        "depth": Param(6, int, low=1),
+        "heads": Param(3, int, low=1),
+        "mlp_ratio": Param(4.0, float, low=0.0, closed="neither"),
+        "dropout": Param(0.1, float, low=0.0, high=1.0, closed="left"),
+    }
+    profiles = {
+        "test": {"backbone": "smallcnn_tiny", "image_size": 24, "patch_size": 8, "embed_size": 16, "clusters": 2,
+                 "dim": 32, "depth": 2, "heads": 2, "epochs": 1, "batch_size": 32, "eval_batch_size": 64},
+        # CPU minutes: the study's geometry (96 px, 36 patches of 16) with a small random-init embedding
+        # network (ImageNet weights cannot be downloaded here) and a narrower ViT of the same depth.
+        "quick": {"backbone": "smallcnn_tiny", "image_size": 96, "patch_size": 16, "dim": 64, "heads": 4,
+                  "epochs": 6, "batch_size": 64, "lr": 1e-3, "dropout": 0.1, "cluster_workers": 2},
+        # The study: Adam 1e-3, cross-entropy, depth 6, 30 epochs, ResNet-50 (ImageNet) patch embeddings,
+        # 96 px / 16 px patches. Width 384 and 6 heads (notes 3.4 item 5), batch 128: our choice.
+        "paper": {"backbone": "resnet50", "pretrained": "imagenet", "image_size": 96, "patch_size": 16, "dim": 384,
+                  "heads": 6, "epochs": 30, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "cluster_workers": 8},
+    }
+
+    # -- settings ---------------------------------------------------------------------------------------
+    def _mode(self) -> str:
+        if self.clustering == "none":
+            return "none"
+        if self.clustering == "learned":
+            return "learned"
+        return self.cluster_tokens
+
+    def _check_settings(self) -> None:
+        name = self.display_name()
+        if self.image_size % self.patch_size:
+            raise ParameterError(f"The 'image_size' of {name} ({self.image_size}) must be a multiple of 'patch_size' "
+                                 f"({self.patch_size}); e.g. 96 and 16 give the study's 6 x 6 grid.")
+        n = (self.image_size // self.patch_size) ** 2
+        if self.clusters > n:
+            raise ParameterError(f"The 'clusters' parameter of {name} must be <= the {n} patches per image. "
+                                 f"Got {self.clusters} instead.")
+        if self.cluster_backend == "torch" and self.clustering != "kmeans":
+            raise ParameterError(f"cluster_backend='torch' of {name} implements k-means only; got clustering="
+                                 f"{self.clustering!r}. Use cluster_backend='sklearn'.")
+        if self.dim % self.heads:
+            raise ParameterError(f"The 'dim' of {name} ({self.dim}) must be divisible by 'heads' ({self.heads}).")
+
+    def _embed_settings(self) -> PC.EmbedSettings:
+        return PC.EmbedSettings(backbone=self.backbone, pretrained=self.pretrained, image_size=self.image_size,
+                                patch_size=self.patch_size, embed_size=self.embed_size)
+
+    def _cluster_settings(self) -> PC.ClusterSettings:
+        return PC.ClusterSettings(method=self.clustering, k=self.clusters, seed=self.cluster_seed,
+                                  kmeans_n_init=self.kmeans_n_init, spectral_affinity=self.spectral_affinity,
+                                  gmm_covariance=self.gmm_covariance,
+                                  hdbscan_min_cluster_size=self.hdbscan_min_cluster_size,
+                                  hdbscan_noise=self.hdbscan_noise)
+
+    def _static_dim(self) -> int | None:
+        if self._mode() != "static":
+            return None
+        if not hasattr(self, "static_dim_"):
+            shape_only = dataclasses.replace(self._embed_settings(), pretrained=None)   # no weights needed for D_e
+            self.static_dim_ = PC.build_embedder(shape_only, "cpu").out_dim
+        return self.static_dim_
+
+    # -- clustering data --------------------------------------------------------------------------------
+    def _aux(self, images: np.ndarray, data_key: str | None = None, role: str = "predict") -> tuple:
+        """(assign int64 (N, P), centroids float16 (N, M, D_e) or None) of ``images``, through the cache."""
+        if self.clustering in ("learned", "none"):
+            return (None, None)
+        key = PC.data_key(images, data_key)
+        last = getattr(self, "_aux_memo", None)
+        if last is not None and last[0] == key:
+            return last[1]
+        device = str(getattr(self, "device_", "cpu"))
+        emb, emb_key = PC.patch_embeddings(images, key, self._embed_settings(), device=device)
+        labels, stats = PC.cached_assignments(emb, emb_key, self._cluster_settings(), backend=self.cluster_backend,
+                                              workers=self.cluster_workers, device=device)
+        self.cluster_stats_ = getattr(self, "cluster_stats_", {})
+        self.cluster_stats_[role if role == "train" else key] = stats
+        assign = torch.from_numpy(labels.astype(np.int64))              # (N, P)
+        centroids = None
+        if self._mode() == "static":
+            out = []
+            for a in range(0, len(emb), 512):
+                e = torch.from_numpy(np.asarray(emb[a:a + 512], dtype=np.float32))        # (b, P, D_e)
+                z, _ = assignment_pooling(assign[a:a + 512], self.clusters)             # (b, M, P)
+                out.append((z @ e).half())                                              # (b, M, D_e)
+            centroids = torch.cat(out) if out else torch.empty(0, self.clusters, emb.shape[-1], dtype=torch.float16)
+        self._aux_memo = (key, (assign, centroids))
+        return assign, centroids
+
+    # -- training hooks ----------------------------------------------------------------------------------
+    def _fit(self, train: FERDataset, val: FERDataset | None) -> None:
+        self._check_settings()
+        self.cluster_stats_ = {}
+        super()._fit(train, val)
+
+    def _load_training_data(self, train: FERDataset) -> None:
+        super()._load_training_data(train)
+        self.train_assign_, self.train_centroids_ = self._aux(train.images, train.fingerprint, role="train")
+
+    def _release_training_data(self) -> None:
+        super()._release_training_data()
+        for name in ("train_assign_", "train_centroids_"):
+            if hasattr(self, name):
+                delattr(self, name)
+
+    def build(self, num_classes: int) -> nn.Module:
+        self._check_settings()
+        return PaCaViT(num_classes, self.image_size, self.patch_size, self.dim, self.depth, self.heads, self.mlp_ratio,
+                       self.dropout, self._mode(), self.clusters, self._static_dim(), self.cluster_norm,
+                       self.learned_head)
+
+    def make_batch(self, index: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        batch = super().make_batch(index, generator)
+        if self.train_assign_ is not None:
+            batch["assign"] = self.train_assign_[index].to(self.device_)                # (B, P)
+        if self.train_centroids_ is not None:
+            batch["centroids"] = self.train_centroids_[index].to(self.device_)          # (B, M, D_e)
+        return batch
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(self.model_(batch["x"], batch.get("assign"), batch.get("centroids")), batch["y"])
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+    def _map(self, images: np.ndarray, fn) -> torch.Tensor:
+        assign, centroids = self._aux(images)
+        pos = [0]
+
+        def step(x: torch.Tensor) -> torch.Tensor:
+            a, b = pos[0], pos[0] + len(x)
+            pos[0] = b
+            return fn(x, None if assign is None else assign[a:b].to(x.device),
+                      None if centroids is None else centroids[a:b].to(x.device))
+
+        return self.map_batches(images, step)
+
+    def _predict_proba(self, images: np.ndarray) -> np.ndarray:
+        return torch.softmax(self._map(images, self.model_), dim=1).numpy()
+
+    def _embed(self, images: np.ndarray) -> np.ndarray:
+        return self._map(images, self.model_.features).numpy()
+
+    def extra_results(self, out_dir: Path, train: FERDataset, test: FERDataset) -> dict[str, float]:
+        """Clustering cost and health: seconds (first computation, train and test), spectral graphs that
+        fell apart, HDBSCAN cluster / noise counts, images with empty clusters, training seconds per epoch."""
+        out: dict[str, float] = {}
+        info = getattr(self, "train_info_", {})
+        if info.get("train_seconds") and info.get("history"):
+            out["train_seconds_per_epoch"] = info["train_seconds"] / len(info["history"])
+        recorded = getattr(self, "cluster_stats_", {})
+        test_key = PC.data_key(test.images) if self.clustering in EXTERNAL else None
+        for role, stats in (("train", recorded.get("train")), ("test", recorded.get(test_key))):
+            if stats is None:
+                continue
+            n = max(stats.get("images", 0), 1)
+            out[f"cluster_seconds_{role}"] = float(stats.get("seconds", math.nan))
+            out[f"cluster_ms_per_image_{role}"] = 1000.0 * float(stats.get("seconds", math.nan)) / n
+            out[f"mean_nonempty_clusters_{role}"] = float(stats.get("mean_nonempty_clusters", math.nan))
+            out[f"frac_images_with_empty_clusters_{role}"] = stats.get("images_with_empty_clusters", 0) / n
+            for key in ("spectral_disconnected", "spectral_all_zero", "hdbscan_noise_points", "hdbscan_clusters",
+                        "hdbscan_more_than_k"):
+                if key in stats:
+                    out[f"{key}_per_image_{role}"] = stats[key] / n
+        return out
+
+
+@register_method("paca_learned")
+class PaCaLearned(PaCa):
+    """PaCa-ViT's learned clustering head (softmax over patches per cluster) in the same ViT."""
+
+    params = {"clustering": Param("learned", choices=CLUSTERINGS)}
+
+
+@register_method("vit")
+class ViT(PaCa):
+    """The reference ViT: plain patch-to-patch attention, same tokens and depth."""
+
+    params = {"clustering": Param("none", choices=CLUSTERINGS)}

@@ -1,0 +1,119 @@
+"""Per-image patch clustering (fer_bench/clustering.py): backends, HDBSCAN mapping, spectral health, caches."""
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+from fer_bench import clustering as PC
+
+
+def separated(b=12, p=36, d=32, k=4, seed=0, spread=10.0, noise=0.1):
+    """b problems of p points in k well-separated blobs; every blob non-empty."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(b, k, d)) * spread
+    labels = rng.integers(0, k, size=(b, p))
+    labels[:, :k] = np.arange(k)
+    x = centres[np.arange(b)[:, None], labels] + rng.normal(size=(b, p, d)) * noise
+    return x.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_batched_kmeans_matches_sklearn_on_separated_data(k):
+    x, truth = separated(k=k, seed=k)
+    labels, centres, inertia = PC.batched_kmeans(torch.from_numpy(x), k, n_init=3,
+                                                 generator=torch.Generator().manual_seed(0))
+    assert labels.shape == (len(x), x.shape[1]) and centres.shape == (len(x), k, x.shape[2])
+    for i in range(len(x)):
+        ref = KMeans(k, n_init=3, random_state=0).fit(x[i])
+        assert adjusted_rand_score(ref.labels_, labels[i].numpy()) == 1.0   # same partition up to permutation
+        assert adjusted_rand_score(truth[i], labels[i].numpy()) == 1.0
+        assert np.isclose(inertia[i].item(), ref.inertia_, rtol=1e-3, atol=1e-3)
+
+
+def test_batched_kmeans_handles_duplicated_points():
+    x = torch.zeros(3, 10, 5)
+    x[:, 5:] = 1.0                                         # two distinct points, duplicated; ask for 4 clusters
+    labels, _, _ = PC.batched_kmeans(x, 4, generator=torch.Generator().manual_seed(0))
+    for row in labels:
+        assert len(set(row[:5].tolist())) == 1 and len(set(row[5:].tolist())) == 1
+        assert row[0] != row[5]
+
+
+def test_all_sklearn_backends_recover_separated_blobs():
+    x, truth = separated(b=3, k=3, seed=1)
+    for method in PC.CLUSTER_METHODS:
+        labels, stats = PC.cluster_patches(x, PC.ClusterSettings(method, 3, hdbscan_min_cluster_size=3))
+        assert labels.dtype == np.int8 and labels.shape == truth.shape
+        assert labels.min() >= 0 and labels.max() < 3
+        assert np.mean([adjusted_rand_score(t, lab) for t, lab in zip(truth, labels)]) > 0.9, method
+
+
+def test_hdbscan_noise_and_surplus_clusters_map_to_k_tokens():
+    x = np.array([[0.0], [0.1], [0.2], [10.0], [10.1], [20.0], [20.1], [20.2], [20.3], [9.0], [30.0]])
+    raw = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, -1, 3])     # sizes: 2 -> 4, 0 -> 3, 1 -> 2, 3 -> 1
+    near = PC.hdbscan_to_tokens(raw, x, 2, "nearest")
+    assert near.tolist()[:9] == [1, 1, 1, 1, 1, 0, 0, 0, 0]  # tokens by size; cluster 1 joins the nearer kept one
+    assert near[9] == 1 and near[10] == 0                  # noise at 9.0 -> centroid 0.1; point of cluster 3 -> 20.15
+    own = PC.hdbscan_to_tokens(raw, x, 3, "own")           # keeps 2 clusters, noise gets token 2
+    assert own[9] == 2 and set(own[:9].tolist()) == {0, 1} and own.max() == 2
+    assert PC.hdbscan_to_tokens(np.full(5, -1), np.zeros((5, 1)), 4).tolist() == [0] * 5   # all noise: one token
+    few = PC.hdbscan_to_tokens(np.array([0, 0, 1, 1, -1]), np.array([[0.], [0.], [5.], [5.], [4.]]), 4)
+    assert few.tolist() == [0, 0, 1, 1, 1]                 # 2 clusters for k=4: tokens 2 and 3 stay empty
+
+
+def test_hdbscan_backend_reports_noise_and_counts():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.1, (15, 4)), rng.normal(5, 0.1, (15, 4)), rng.normal(50, 1, (6, 4)) * [1, -1, 1, -1]])
+    x = x.astype(np.float32)[None]                         # one image: two blobs and 6 scattered outliers
+    labels, stats = PC.cluster_patches(x, PC.ClusterSettings("hdbscan", 4, hdbscan_min_cluster_size=5))
+    assert stats["hdbscan_clusters"] >= 2 and labels.max() < 4 and labels.min() >= 0
+    assert len(set(labels[0, :15])) == 1 and len(set(labels[0, 15:30])) == 1 and labels[0, 0] != labels[0, 15]
+
+
+def test_spectral_default_affinity_degenerates_at_feature_scale_and_median_does_not():
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.normal(size=(2, 36, 256))).astype(np.float32) * 3   # squared distances in the thousands
+    _, default = PC.cluster_patches(x, PC.ClusterSettings("spectral", 4))
+    assert default["spectral_disconnected"] == 2 and default["spectral_all_zero"] == 2
+    _, median = PC.cluster_patches(x, PC.ClusterSettings("spectral", 4, spectral_affinity="median"))
+    assert median["spectral_disconnected"] == 0
+
+
+@pytest.mark.slow  # spawning workers costs seconds (each imports scikit-learn)
+def test_process_pool_gives_the_in_process_result():
+    x, _ = separated(b=6, k=3, seed=2)
+    settings = PC.ClusterSettings("agglomerative", 3)
+    one, _ = PC.cluster_patches(x, settings)
+    pooled, stats = PC.cluster_patches(x, settings, workers=2, chunk=3, min_per_worker=1)
+    assert np.array_equal(one, pooled) and stats["workers"] == 2
+
+
+def test_assignment_cache_is_reused_without_reclustering(monkeypatch):
+    x, _ = separated(b=4, k=2, seed=3)
+    settings = PC.ClusterSettings("kmeans", 2)
+    first, s1 = PC.cached_assignments(x, "emb-test-key", settings)
+    assert s1["cached"] is False
+
+    def boom(*args, **kwargs):
+        raise AssertionError("re-clustered although the assignments were cached")
+
+    monkeypatch.setattr(PC, "cluster_patches", boom)
+    second, s2 = PC.cached_assignments(x, "emb-test-key", settings)
+    assert s2["cached"] is True and np.array_equal(first, second) and second.dtype == np.int8
+    with pytest.raises(AssertionError, match="re-clustered"):                     # other settings: a new entry
+        PC.cached_assignments(x, "emb-test-key", PC.ClusterSettings("kmeans", 3))
+
+
+def test_patch_embeddings_are_cut_in_grid_order_and_cached(monkeypatch):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(3, 32, 32, 3), dtype=np.uint8)
+    s = PC.EmbedSettings(backbone="smallcnn_tiny", image_size=32, patch_size=16, batch_images=2)
+    emb, key = PC.patch_embeddings(images, "imgs-a", s)
+    assert emb.shape == (3, 4, 64) and emb.dtype == np.float16
+    x = PC.resize_images(images[:1], 32)
+    patches = PC.cut_patches(x, 16)                                                # (1, 4, 3, 16, 16)
+    assert torch.equal(patches[0, 1], x[0, :, :16, 16:]) and torch.equal(patches[0, 2], x[0, :, 16:, :16])
+    monkeypatch.setattr(PC, "_compute_embeddings", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    again, key2 = PC.patch_embeddings(images, "imgs-a", s)
+    assert key2 == key and np.array_equal(np.asarray(again), np.asarray(emb))

@@ -1,0 +1,108 @@
+"""Patch-to-cluster attention (methods/paca.py): shapes, masking of empty clusters, equivalence to
+patch-to-patch attention when every patch is its own cluster, and cache reuse across fits."""
+import numpy as np
+import pytest
+import torch
+
+import fer_bench_methods.paca as P  # registers paca, paca_learned, vit
+from fer_bench import clustering as PC
+from fer_bench.method import ParameterError
+
+
+def net(mode, clusters=4, cluster_norm=True, static_dim=None, seed=0):
+    torch.manual_seed(seed)
+    return P.PaCaViT(num_classes=3, image_size=16, patch_size=4, dim=16, depth=2, heads=2, mlp_ratio=2.0,
+                     dropout=0.0, mode=mode, clusters=clusters, static_dim=static_dim,
+                     cluster_norm=cluster_norm).eval()
+
+
+def test_attention_shapes_and_masked_keys_are_ignored():
+    torch.manual_seed(0)
+    attn = P.PatchToClusterAttention(dim=16, heads=4).eval()
+    x, kv = torch.randn(2, 17, 16), torch.randn(2, 5, 16)                 # 17 queries, 5 cluster tokens
+    mask = torch.tensor([[True, True, False, True, False], [True] * 5])
+    out = attn(x, kv, mask)
+    assert out.shape == (2, 17, 16)
+    kv2 = kv.clone()
+    kv2[0, 2] = 1e3                                                       # change a masked cluster token only
+    kv2[0, 4] = -7.0
+    assert torch.allclose(attn(x, kv2, mask), out, atol=1e-6)
+    kv2[0, 1] += 1.0                                                      # an unmasked one does matter
+    assert not torch.allclose(attn(x, kv2, mask)[0], out[0])
+
+
+def test_attention_weights_are_softmax_over_clusters():
+    torch.manual_seed(1)
+    attn = P.PatchToClusterAttention(dim=8, heads=1).eval()
+    x, kv = torch.randn(1, 3, 8), torch.randn(1, 2, 8)
+    q, k, v = attn.q(x), attn.k(kv), attn.v(kv)
+    weights = torch.softmax(q @ k.transpose(1, 2) / np.sqrt(8), dim=-1)   # the paper's A = softmax(QK^T / sqrt(C))
+    assert torch.allclose(attn(x, kv), attn.proj(weights @ v), atol=1e-5)
+
+
+def test_every_patch_its_own_cluster_equals_patch_to_patch_attention():
+    n = (16 // 4) ** 2
+    vit = net("none", clusters=n)
+    paca = net("pooled", clusters=n, cluster_norm=False)
+    paca.load_state_dict(vit.state_dict())                                # same parameters, names and shapes
+    x = torch.randn(3, 3, 16, 16)
+    identity = torch.arange(n).expand(3, n)                               # (B, N): patch i -> cluster i
+    assert torch.allclose(paca(x, identity), vit(x), atol=1e-5)
+    shuffled = torch.stack([torch.randperm(n) for _ in range(3)])         # cluster ids are only labels
+    assert torch.allclose(paca(x, shuffled), vit(x), atol=1e-5)
+    merged = identity.clone()
+    merged[:, 1] = 0                                                      # two patches in one cluster: not equal
+    assert not torch.allclose(paca(x, merged), vit(x), atol=1e-4)
+
+
+def test_empty_clusters_are_masked_in_the_model():
+    model = net("static", clusters=4, static_dim=6)
+    x = torch.randn(2, 3, 16, 16)
+    assign = torch.zeros(2, 16, dtype=torch.long)
+    assign[:, 8:] = 2                                                     # clusters 1 and 3 are empty
+    centroids = torch.randn(2, 4, 6)
+    out = model(x, assign, centroids)
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    moved = centroids.clone()
+    moved[:, [1, 3]] = 50.0                                               # whatever an empty cluster holds
+    assert torch.allclose(model(x, assign, moved), out, atol=1e-5)
+    z, valid = P.assignment_pooling(assign, 4)
+    assert z.shape == (2, 4, 16) and valid.tolist() == [[True, False, True, False]] * 2
+    assert torch.allclose(z.sum(-1), valid.float())
+
+
+def test_learned_clustering_is_a_softmax_over_patches():
+    for kind in ("conv", "linear"):
+        head = P.LearnedClustering(dim=16, m=3, grid=4, kind=kind)
+        z = head(torch.randn(2, 16, 16))                                  # (B, N, C) -> (B, M, N)
+        assert z.shape == (2, 3, 16) and torch.allclose(z.sum(-1), torch.ones(2, 3), atol=1e-6)
+    assert net("learned", clusters=3)(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+
+
+def test_second_fit_reuses_cached_embeddings_and_assignments(toy, monkeypatch):
+    train, test = toy
+    params = P.PaCa.resolve_params("test", overrides={"device": "cpu", "clustering": "agglomerative",
+                                                      "cluster_tokens": "pooled"})
+    first = P.PaCa(**params).fit(train)
+    assert first.cluster_stats_["train"]["cached"] is False
+    proba = first.predict_proba(test)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(PC, "cluster_patches", boom)
+    monkeypatch.setattr(PC, "_compute_embeddings", boom)
+    second = P.PaCa(**params).fit(train)
+    assert second.cluster_stats_["train"]["cached"] is True
+    assert np.array_equal(second.predict_proba(test), proba)             # test images: cached by content digest
+
+
+def test_torch_backend_and_bad_geometry_are_checked(toy):
+    train, _ = toy
+    base = P.PaCa.resolve_params("test", overrides={"device": "cpu"})
+    with pytest.raises(ParameterError, match="multiple of 'patch_size'"):
+        P.PaCa(**{**base, "patch_size": 5}).fit(train)
+    with pytest.raises(ParameterError, match="k-means only"):
+        P.PaCa(**{**base, "clustering": "spectral", "cluster_backend": "torch"}).fit(train)
+    fitted = P.PaCa(**{**base, "cluster_backend": "torch"}).fit(train)
+    assert fitted.cluster_stats_["train"]["backend"] == "torch"
