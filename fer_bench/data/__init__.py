@@ -77,7 +77,12 @@ class FERDataset:
             label_dist=None if self.label_dist is None else self.label_dist[index],
             groups=None if self.groups is None else self.groups[index],
             factors=None if self.factors is None else self.factors.iloc[index].reset_index(drop=True),
-            split=split or self.split, fingerprint=digest, meta=dict(self.meta))
+            split=split or self.split, fingerprint=digest, meta=self._meta_rows(index))
+
+    def _meta_rows(self, index: np.ndarray) -> dict:
+        """``meta`` with every per-image array (length N) cut to ``index``; other values as they are."""
+        n = len(self)
+        return {k: v[index] if isinstance(v, np.ndarray) and len(v) == n else v for k, v in self.meta.items()}
 
     def with_labels(self, new_labels: np.ndarray, tag: str) -> "FERDataset":
         """The same images with other labels (label noise); ``tag`` enters the fingerprint."""
