@@ -188,5 +188,9 @@ def synth_export(out: str, n_per_class: int, options: str) -> None:
     click.echo(f"wrote {written}")
 
 
+from fer_bench.data.verify import datasets_group  # noqa: E402  (fer-bench datasets verify | card)
+
+main.add_command(datasets_group)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

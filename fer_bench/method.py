@@ -406,7 +406,12 @@ class TorchMethod(Method):
         raise NotImplementedError
 
     def sampler(self, train: FERDataset, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        """Index batches of one epoch: a seeded shuffle by default (last partial batch dropped if size 1)."""
+        """Index batches of one epoch: a seeded shuffle by default (last partial batch dropped if size 1),
+        class-balanced draws when the dataset asks for them (``meta['sampler'] == 'balanced'``, AffectNet)."""
+        if train.meta.get("sampler") == "balanced":
+            from fer_bench.data.affectnet import balanced_batches
+            yield from balanced_batches(train.labels, self.batch_size, generator)
+            return
         order = torch.randperm(len(train), generator=generator)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]

@@ -24,7 +24,8 @@ import torch
 
 import fer_bench
 from fer_bench import metrics as M
-from fer_bench.data import DATASETS, FERDataset, get_dataset, load_dataset, parse_dataset_spec
+from fer_bench.data import FERDataset, available_splits, get_dataset, load_dataset, parse_dataset_spec
+from fer_bench.data.decode import dataset_record
 from fer_bench.data.noise import labels_hash, noisy_labels
 from fer_bench.method import Method, ParameterError, TorchMethod
 from fer_bench.registry import get_method
@@ -129,11 +130,11 @@ def _load_split(name: str, split: str, root: str | None, options_json: str) -> F
 
 def load_splits(spec: CellSpec) -> tuple[FERDataset, FERDataset | None, FERDataset]:
     """(train, val or None, test) of a cell's dataset."""
-    adapter = get_dataset(spec.dataset)
     options = json.dumps(spec.dataset_options, sort_keys=True)
+    present = available_splits(spec.dataset, spec.data_root, **spec.dataset_options)
     train = _load_split(spec.dataset, "train", spec.data_root, options)
     test = _load_split(spec.dataset, "test", spec.data_root, options)
-    val = _load_split(spec.dataset, "val", spec.data_root, options) if "val" in adapter.splits else None
+    val = _load_split(spec.dataset, "val", spec.data_root, options) if "val" in present else None
     return train, val, test
 
 
@@ -145,7 +146,8 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
     torch.manual_seed(spec.seed)  # the runner's entry: the one place global seeding happens
     train, val, test = load_splits(spec)
     info: dict[str, Any] = {"fingerprints": {"train": train.fingerprint, "test": test.fingerprint,
-                                             "val": val.fingerprint if val is not None else None}}
+                                             "val": val.fingerprint if val is not None else None},
+                            "data": {d.split: dataset_record(d) for d in (train, val, test) if d is not None}}
     if spec.label_noise > 0:
         noisy = noisy_labels(train.labels, train.num_classes, spec.label_noise, spec.noise_kind, spec.seed)
         info["noisy_labels_hash"] = labels_hash(noisy)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -104,12 +105,18 @@ class DatasetAdapter:
     needs_root: ClassVar[bool] = True
     registered_name: ClassVar[str] = "?"
 
+    data_dir: ClassVar[str] = ""  # folder under $FER_BENCH_DATA (default: the registered name)
+
     def load(self, split: str, root: Path | None, **options: Any) -> FERDataset:  # pragma: no cover
         raise NotImplementedError
 
+    def available_splits(self, root: Path | None, **options: Any) -> tuple[str, ...]:
+        """The declared splits present in this copy of the dataset (some layouts lack a val split)."""
+        return self.splits
+
     @classmethod
     def card(cls) -> str:
-        return (cls.__doc__ or "").strip()
+        return inspect.cleandoc(cls.__doc__ or "")
 
     @classmethod
     def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
@@ -182,8 +189,16 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, **option
     if split not in adapter_cls.splits:
         raise ValueError(f"Dataset {name!r} has no split {split!r}; it has {', '.join(adapter_cls.splits)}.")
     resolved = adapter_cls.resolve_options(options)
-    path = data_root(root, name) if adapter_cls.needs_root else None
+    path = data_root(root, adapter_cls.data_dir or name) if adapter_cls.needs_root else None
     return adapter_cls().load(split, path, **resolved)
+
+
+def available_splits(name: str, root: str | Path | None = None, **options: Any) -> tuple[str, ...]:
+    """The splits of a registered dataset present under ``root`` (or ``$FER_BENCH_DATA``)."""
+    adapter_cls = get_dataset(name)
+    resolved = adapter_cls.resolve_options(options)
+    path = data_root(root, adapter_cls.data_dir or name) if adapter_cls.needs_root else None
+    return tuple(adapter_cls().available_splits(path, **resolved))
 
 
 def fingerprint_of(*parts: Any) -> str:
@@ -233,7 +248,7 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int,
 def _register_builtin_adapters() -> None:
     # Adapters living in this package import here so that registering them needs no entry point.
     from importlib import import_module
-    for module in ("synthetic",):
+    for module in ("synthetic", "rafdb", "fer2013", "ferplus", "affectnet", "ckplus", "jaffe", "nimstim", "folder"):
         try:
             import_module(f"fer_bench.data.{module}")
         except ModuleNotFoundError as exc:
