@@ -24,6 +24,7 @@ import torch
 
 import fer_bench
 from fer_bench import metrics as M
+from fer_bench.circumplex import circumplex_report
 from fer_bench.data import FERDataset, available_splits, get_dataset, load_dataset, parse_dataset_spec
 from fer_bench.data.decode import dataset_record
 from fer_bench.data.noise import labels_hash, noisy_labels
@@ -167,6 +168,7 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
     train_emb = method.embed(train)
     metrics = dict(M.classification_report(test.labels, pred, test.num_classes))
     metrics.update(M.embedding_report(train_emb, train.labels, test_emb, test.labels, test.num_classes, seed=spec.seed))
+    metrics.update(circumplex_report(test_emb, test.labels, test.classes, seed=spec.seed))  # six basic only
     if test.label_dist is not None:
         metrics["kl_to_label_dist"] = M.kl_divergence(test.label_dist, proba)
         metrics["js_to_label_dist"] = M.js_divergence(test.label_dist, proba)

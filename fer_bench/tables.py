@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 GROUP = ["method", "dataset", "label_noise", "profile", "overrides"]
 HEADLINE = ["accuracy", "mean_class_accuracy", "macro_f1", "knn_acc", "nmi", "recall@1", "map@r",
-            "kl_to_label_dist", "train_seconds", "params"]
+            "kl_to_label_dist", "circumplex_tau", "train_seconds", "params"]
+UNSCALED = ("train_seconds", "params", "kl_to_label_dist", "circumplex_tau")  # shown as they are, not in %
 
 
 def summarize(long: pd.DataFrame) -> pd.DataFrame:
@@ -57,13 +58,13 @@ def summary_markdown(summary: pd.DataFrame, failures: list[dict[str, Any]]) -> s
             if row["metric"] not in HEADLINE:
                 continue
             key = tuple(row[g] for g in GROUP)
-            percent = row["metric"] not in ("train_seconds", "params", "kl_to_label_dist")
+            percent = row["metric"] not in UNSCALED
             digits = 0 if row["metric"] == "params" else 2
             text = format_mean_std(row["mean"], row["std"], int(row["n"]), 100.0 if percent else 1.0, digits)
             wide.setdefault(key, {})[row["metric"]] = text
         metrics = [m for m in HEADLINE if any(m in v for v in wide.values())]
         rows = [[*key, *(wide[key].get(m, "") for m in metrics)] for key in sorted(wide, key=str)]
-        headers = GROUP + [m + (" (%)" if m not in ("train_seconds", "params", "kl_to_label_dist") else "") for m in metrics]
+        headers = GROUP + [m + (" (%)" if m not in UNSCALED else "") for m in metrics]
         lines.append(tabulate(rows, headers=headers, tablefmt="github"))
     if failures:
         lines += ["", "Failed cells:", ""]

@@ -1,0 +1,389 @@
+"""Siamese contrastive network mapping faces into a 2-D similarity space (seed paper 003).
+
+Rao, Wang & Cottrell (CogSci 2017), "A Deep Siamese Neural Network Learns the Human-Perceived
+Similarity Structure of Facial Expressions Without Explicit Categories"; loss of Hadsell, Chopra &
+LeCun (CVPR 2006). Implemented (shared/notes/methods.md section 4):
+
+- Twin networks with shared weights, i.e. one network applied to both images of a pair:
+  ``trunk='alexnet3'``: AlexNet's first three convolutional layers (torchvision's AlexNet, 64/192/384
+  channels, no LRN: "AlexNet-like"; ImageNet weights with ``pretrained='imagenet'``, random init when
+  they are not available and ``weights_fallback='random'``) then fully connected 1024 -> 256 -> 2 with
+  ReLU and dropout after the fourth and fifth layers; the 2-unit output is linear. Fully connected
+  layers use Xavier init (paper). ``trunk='small3'`` is a CPU-friendly three-convolution trunk with
+  the same layout (conv-ReLU-pool, conv-ReLU-pool, conv-ReLU) for the ``test`` / ``quick`` profiles.
+- Loss (written here; pytorch-metric-learning's ContrastiveLoss differs): for a pair at distance
+  D = ||G1 - G2||, 1/2 D^2 if same class, 1/2 max(0, m - D)^2 if different, m = 1, averaged over
+  pairs (Caffe's ContrastiveLossLayer divides the sum by 2N). The network is told only same /
+  different, never the categories.
+- Pairs: ``pairs='batch'`` (default) uses all B(B-1)/2 pairs of each uniformly drawn batch, which
+  keeps the natural, unbalanced same / different ratio as the paper's list of all pairs did;
+  ``pairs='sampled'`` draws explicit pairs (batch_size / 2 per batch) with ``same_fraction`` same-class
+  pairs (None: uniform random pairs, the natural ratio).
+- Two-stage schedule: the convolutional layers are frozen for ``freeze_epochs`` epochs (their
+  forward runs without gradient, so the optimiser, which holds every parameter, leaves them alone),
+  then everything is fine-tuned. The stage flag is a buffer of the model, so it is checkpointed and a
+  resumed run continues in the right stage. SGD, lr 1e-4, step decay (paper profile).
+- ``embed`` returns the 2-D output. ``predict_proba``: nearest class centroid of the training
+  embedding, soft assignment softmax(-distance / temperature); or kNN (``classifier='knn'``).
+- ``validation_score`` (used with ``select='best_val'``) is minus the contrastive loss over all pairs
+  of the validation set: the paper stopped on validation loss, not accuracy.
+- Training snapshots of the 2-D space (the paper's Figure 3) at the start, evenly spaced epochs and
+  the end of the frozen stage, kept in memory and drawn by ``extra_results`` with the final training
+  (Figures 4-5) and test (Figure 6) representations, centroids and their order.
+
+Deviations, each a parameter: the AlexNet trunk is torchvision's (64/192/384 channels, no LRN), no pooling
+after conv3 unless ``pool_conv3``; Caffe's step size of 5000 iterations becomes ``step_size`` in epochs
+(the trainer steps schedulers per epoch), gamma 0.1 and dropout 0.5 are assumptions (the paper gives
+neither); the quick profile uses the small trunk at 48 px with Adam (lr 1e-3), dropout 0.1 and a short
+frozen stage (see the comment at its profile: the SGD / dropout 0.5 setting collapsed on CPU budgets).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fer_bench import labels as L
+from fer_bench.data import FERDataset
+from fer_bench.method import Param, ParameterError, TorchMethod
+from fer_bench.models import WeightsUnavailable, build_backbone
+from fer_bench.registry import register_method
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loss
+
+
+def contrastive_loss(g1: torch.Tensor, g2: torch.Tensor, same: torch.Tensor, margin: float = 1.0,
+                     eps: float = 1e-12) -> torch.Tensor:
+    """Hadsell-Chopra-LeCun contrastive loss averaged over pairs.
+
+    g1, g2: (P, D) outputs of the twins; same: (P,) bool (True = same category, the paper's Y = 0).
+    Same pairs: 1/2 D^2 (from the squared distance directly); different pairs: 1/2 max(0, m - D)^2
+    with D = sqrt(D^2 + eps), so the gradient stays finite at D = 0.
+    """
+    if g1.shape != g2.shape or g1.dim() != 2 or same.shape != g1.shape[:1]:
+        raise ValueError(f"contrastive_loss expects g1, g2 (P, D) and same (P,); got {tuple(g1.shape)}, "
+                         f"{tuple(g2.shape)}, {tuple(same.shape)}.")
+    if len(g1) == 0:
+        return g1.sum() * 0.0
+    dtype = torch.promote_types(g1.dtype, torch.float32)                             # float32 at least (AMP)
+    d2 = (g1.to(dtype) - g2.to(dtype)).pow(2).sum(dim=1)                             # (P,)
+    d = torch.sqrt(d2 + eps)                                                         # (P,)
+    per_pair = torch.where(same, d2, F.relu(margin - d).pow(2))                      # (P,)
+    return 0.5 * per_pair.mean()
+
+
+def all_pairs_loss(z: torch.Tensor, y: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Contrastive loss over all B(B-1)/2 unordered pairs of a batch: z (B, D), y (B,) labels."""
+    i, j = torch.triu_indices(len(z), len(z), offset=1, device=z.device)             # (2, P)
+    return contrastive_loss(z[i], z[j], y[i] == y[j], margin)
+
+
+# --------------------------------------------------------------------------------------------------
+# Network
+
+
+class SiameseNet(nn.Module):
+    """trunk (three convolutions) -> fc4 -> ReLU -> dropout -> fc5 -> ReLU -> dropout -> fc6 (2 units).
+
+    ``finetune`` (a buffer, so it is saved and checkpointed) is False in the first stage: the trunk
+    then runs without gradient in training mode.
+    """
+
+    def __init__(self, trunk: nn.Module, trunk_dim: int, fc4: int, fc5: int, out_dim: int, dropout: float):
+        super().__init__()
+        self.trunk = trunk
+        self.head = nn.Sequential(
+            nn.Linear(trunk_dim, fc4), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(fc4, fc5), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(fc5, out_dim))
+        for m in self.head:
+            if isinstance(m, nn.Linear):                                            # paper: Xavier init
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.register_buffer("finetune", torch.tensor(False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and not bool(self.finetune):
+            with torch.no_grad():
+                h = self.trunk(x)                                                    # (B, C, h, w), frozen
+        else:
+            h = self.trunk(x)
+        return self.head(h.flatten(1))                                               # (B, 2)
+
+    features = forward
+
+
+def small3(width: int = 32, pool_conv3: bool = False) -> nn.Sequential:
+    """CPU-friendly AlexNet-shaped trunk: conv5x5/2-ReLU-pool3/2, conv5x5-ReLU-pool3/2, conv3x3-ReLU."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, width, 5, stride=2, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(width, 2 * width, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(2 * width, 3 * width, 3, padding=1), nn.ReLU(inplace=True)]
+    if pool_conv3:
+        layers.append(nn.MaxPool2d(3, 2))
+    return nn.Sequential(*layers)
+
+
+# --------------------------------------------------------------------------------------------------
+# Method
+
+
+@register_method("siamese")
+class Siamese(TorchMethod):
+    """Siamese network in a 2-D similarity space trained with the contrastive loss on same / different pairs."""
+
+    params = {
+        "trunk": Param("alexnet3", str, choices=("alexnet3", "small3"),
+                       doc="alexnet3: AlexNet conv1-3 (paper); small3: CPU trunk of the same shape"),
+        "trunk_width": Param(32, int, low=1, doc="small3: channels of conv1 (conv2 2x, conv3 3x)"),
+        "pool_conv3": Param(False, bool, doc="max-pool after conv3 (the paper does not say; AlexNet has none)"),
+        "weights_fallback": Param("random", str, choices=("random", "error"),
+                                  doc="pretrained='imagenet' but the weights are not available: random init or error"),
+        "fc4": Param(1024, int, low=1), "fc5": Param(256, int, low=1),
+        "out_dim": Param(2, int, low=1, doc="units of the last layer: 2 (paper), the similarity space"),
+        "dropout": Param(0.5, float, low=0.0, high=1.0, closed="left", doc="after fc4 and fc5 (rate assumed)"),
+        "margin": Param(1.0, float, low=0.0, closed="neither"),
+        "pairs": Param("batch", str, choices=("batch", "sampled"),
+                       doc="batch: all pairs within each batch; sampled: explicit pairs, batch_size/2 per batch"),
+        "same_fraction": Param(None, float, low=0.0, high=1.0, none_ok=True,
+                               doc="pairs='sampled': fraction of same-class pairs (None: uniform pairs)"),
+        "freeze_epochs": Param(0, int, low=0, doc="epochs with the convolutional layers frozen, then fine-tuning"),
+        "classifier": Param("centroid", str, choices=("centroid", "knn"),
+                            doc="predict by nearest training-class centroid or by kNN in the 2-D space"),
+        "knn_k": Param(11, int, low=1),
+        "temperature": Param(0.1, float, low=0.0, closed="neither",
+                             doc="centroid classifier: softmax(-distance / temperature)"),
+        "snapshots": Param(4, int, low=0, doc="training snapshots of the 2-D space (besides start and frozen end)"),
+        "snapshot_points": Param(1000, int, low=1, doc="training images embedded per snapshot"),
+    }
+    profiles = {
+        "test": {"trunk": "small3", "trunk_width": 8, "fc4": 32, "fc5": 16, "image_size": 32, "epochs": 2,
+                 "freeze_epochs": 1, "batch_size": 32, "optimizer": "sgd", "lr": 1e-2, "augment": "none",
+                 "snapshots": 1, "snapshot_points": 50},
+        # CPU: small trunk at 48 px, random init. With SGD at lr 1e-2, dropout 0.5 and half the epochs frozen
+        # on random convolutions, the 2-D output collapsed on synthetic data (accuracy at chance: dropout noise
+        # alone spread the points). So: Adam at lr 1e-3, dropout 0.1, 3 frozen epochs, then 9 fine-tuned.
+        "quick": {"trunk": "small3", "trunk_width": 32, "fc4": 512, "fc5": 128, "image_size": 48, "epochs": 12,
+                  "freeze_epochs": 3, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "dropout": 0.1,
+                  "scheduler": "none", "augment": "light", "snapshots": 4},
+        # Paper: AlexNet conv1-3 from ImageNet, 227 px, fc 1024-256-2, dropout, SGD lr 1e-4 with a step
+        # policy (step 5000 iterations; gamma and momentum not given: 0.1 and 0.9 assumed), stage 1
+        # until validation loss stops improving (~5000 iterations), then ~5000 iterations of fine-tuning.
+        # Batch size not given: 64 images (2016 pairs). With ~400 NimStim training images that is 6
+        # iterations per epoch, so 5000 iterations ~ 833 epochs.
+        "paper": {"trunk": "alexnet3", "pretrained": "imagenet", "image_size": 227, "fc4": 1024, "fc5": 256,
+                  "dropout": 0.5, "optimizer": "sgd", "lr": 1e-4, "momentum": 0.9, "scheduler": "step",
+                  "gamma": 0.1, "batch_size": 64, "augment": "none", "select": "best_val",
+                  "epochs": 1666, "freeze_epochs": 833, "step_size": 833,
+                  "datasets": {"nimstim": {"epochs": 1666, "freeze_epochs": 833, "step_size": 833}}},
+    }
+
+    # -- network -------------------------------------------------------------------------------------
+    def build(self, num_classes: int) -> nn.Module:
+        self.imagenet_init_ = False
+        if self.trunk == "alexnet3":
+            try:
+                backbone = build_backbone("alexnet", pretrained=self.pretrained, in_size=self.image_size)
+                self.imagenet_init_ = self.pretrained is not None
+            except WeightsUnavailable as exc:
+                if self.weights_fallback == "error":
+                    raise
+                log.warning("siamese: %s Using random init (weights_fallback='random').", exc)
+                backbone = build_backbone("alexnet", pretrained=None, in_size=self.image_size)
+            layers = list(backbone.features.children())[:8]                          # conv1..conv3 + ReLU
+            if self.pool_conv3:
+                layers.append(nn.MaxPool2d(3, 2))
+            trunk = nn.Sequential(*layers)
+        elif self.trunk == "small3":
+            if self.pretrained is not None:
+                raise ParameterError(f"siamese: trunk='small3' has no pretrained weights; got pretrained="
+                                     f"{self.pretrained!r}. Use pretrained=None or trunk='alexnet3'.")
+            trunk = small3(self.trunk_width, self.pool_conv3)
+        else:  # pragma: no cover - Param choices guard this
+            raise ParameterError(f"siamese: unknown trunk {self.trunk!r}; use 'alexnet3' or 'small3'.")
+        with torch.no_grad():
+            shape = trunk(torch.zeros(1, 3, self.image_size, self.image_size)).shape  # (1, C, h, w)
+        if shape[-1] < 1 or shape[-2] < 1:
+            raise ParameterError(f"siamese: image_size {self.image_size} leaves no feature map after the trunk; "
+                                 f"use a larger image_size.")
+        net = SiameseNet(trunk, int(np.prod(shape[1:])), self.fc4, self.fc5, self.out_dim, self.dropout)
+        net.finetune.fill_(self.freeze_epochs == 0)                                  # no frozen stage: train all
+        return net
+
+    # -- training ------------------------------------------------------------------------------------
+    def sampler(self, train: FERDataset, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        if self.pairs == "batch":
+            yield from super().sampler(train, generator)
+            return
+        labels = torch.as_tensor(train.labels)
+        n, per_batch = len(labels), max(1, self.batch_size // 2)
+        by_class = [torch.nonzero(labels == c).flatten() for c in range(int(labels.max()) + 1)]
+        others = [torch.nonzero(labels != c).flatten() for c in range(int(labels.max()) + 1)]
+        for _ in range(max(1, n // self.batch_size)):
+            left = torch.randint(0, n, (per_batch,), generator=generator)           # (P,)
+            if self.same_fraction is None:                                            # uniform pairs, i != j
+                right = (left + torch.randint(1, max(n, 2), (per_batch,), generator=generator)) % n
+            else:
+                want_same = torch.rand(per_batch, generator=generator) < self.same_fraction
+                right = torch.empty_like(left)
+                for k in range(per_batch):
+                    c = int(labels[left[k]])
+                    pool = by_class[c] if bool(want_same[k]) else others[c]
+                    if len(pool) == 0:                                                # one class only
+                        pool = by_class[c]
+                    right[k] = pool[torch.randint(0, len(pool), (1,), generator=generator)]
+            yield torch.cat([left, right])                                            # (2P,)
+
+    def make_batch(self, index: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if not self.snapshots_:
+            self._snapshot("start")
+        return super().make_batch(index, generator)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        z = self.model_(batch["x"]).float()                                          # (B, 2)
+        y = batch["y"]
+        if self.pairs == "batch":
+            same = y[:, None] == y[None, :]
+            self.pair_counts_[0] += int(torch.triu(same, 1).sum())
+            self.pair_counts_[1] += len(y) * (len(y) - 1) // 2
+            return all_pairs_loss(z, y, self.margin)
+        p = len(y) // 2
+        same = y[:p] == y[p:]
+        self.pair_counts_[0] += int(same.sum())
+        self.pair_counts_[1] += p
+        return contrastive_loss(z[:p], z[p:], same, self.margin)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        done = epoch + 1
+        if done in self.snapshot_epochs_:
+            self._snapshot(f"epoch {done}" + (" (end of frozen stage)" if done == self.freeze_epochs else ""))
+        if done >= self.freeze_epochs and not bool(self.model_.finetune):
+            self.model_.finetune.fill_(True)
+            log.info("siamese: convolutional layers unfrozen after epoch %d", done)
+
+    def validation_score(self, val: FERDataset) -> float:
+        """Minus the contrastive loss over all pairs of the validation set (higher is better)."""
+        z = torch.from_numpy(self._embed(val.images))                                # (N, 2)
+        y = torch.from_numpy(val.labels)
+        total, count = 0.0, 0
+        for start in range(0, len(z), 512):
+            zi, yi = z[start:start + 512], y[start:start + 512]                      # rows of this chunk
+            d2 = torch.cdist(zi, z).pow(2)                                           # (b, N)
+            same = yi[:, None] == y[None, :]
+            per = torch.where(same, d2, F.relu(self.margin - d2.clamp_min(0).sqrt()).pow(2))
+            upper = torch.arange(start, start + len(zi))[:, None] < torch.arange(len(z))[None, :]
+            total += float(0.5 * per[upper].sum())
+            count += int(upper.sum())
+        return -total / max(count, 1)
+
+    def _fit(self, train: FERDataset, val: FERDataset | None) -> None:
+        if self.freeze_epochs > self.epochs:
+            raise ParameterError(f"siamese: freeze_epochs ({self.freeze_epochs}) must be <= epochs ({self.epochs}); "
+                                 f"lower freeze_epochs or raise epochs.")
+        if self.pairs == "batch" and self.same_fraction is not None:
+            raise ParameterError("siamese: same_fraction applies to pairs='sampled' only; set pairs='sampled' or "
+                                 "same_fraction=None.")
+        marks = np.unique(np.round(np.linspace(0, self.epochs, self.snapshots + 1)[1:]).astype(int)) if self.snapshots else []
+        self.snapshot_epochs_ = {int(e) for e in marks} | ({self.freeze_epochs} if 0 < self.freeze_epochs else set())
+        self.snapshots_: list[tuple[str, np.ndarray]] = []
+        self.pair_counts_ = [0, 0]
+        super()._fit(train, val)
+        if hasattr(self, "snapshot_images_"):
+            if self.select == "best_val":                                               # the reloaded best epoch
+                self._snapshot(f"selected (best validation loss, epoch {self.train_info_['best_epoch']})")
+            del self.snapshot_images_
+        self._set_gallery(self._embed(train.images), train.labels)
+
+    def _snapshot(self, label: str) -> None:
+        """The 2-D output of a fixed subset of training images now (eval mode, no augmentation)."""
+        if not hasattr(self, "snapshot_images_"):  # first call: the training images are loaded
+            rng = np.random.default_rng([self.seed, 3])
+            index = np.sort(rng.permutation(len(self.train_labels_))[: self.snapshot_points])
+            self.snapshot_images_ = self.train_images_[torch.from_numpy(index).to(self.train_images_.device)].cpu()
+            self.snapshot_labels_ = self.train_labels_.cpu().numpy()[index]
+        was_training = self.model_.training
+        self.model_.eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(self.snapshot_images_), self.eval_batch_size):
+                x = self.snapshot_images_[start:start + self.eval_batch_size].to(self.device_).float().div_(255.0)
+                out.append(self.model_((x - self.mean_) / self.std_).float().cpu())       # (b, D)
+        self.model_.train(was_training)
+        self.snapshots_.append((label, torch.cat(out).numpy()))
+
+    # -- prediction ----------------------------------------------------------------------------------
+    def _set_gallery(self, emb: np.ndarray, labels: np.ndarray) -> None:
+        emb = np.asarray(emb, dtype=np.float32)
+        cents = np.full((self.num_classes_, emb.shape[1]), np.nan, dtype=np.float32)
+        for c in range(self.num_classes_):
+            if (labels == c).any():
+                cents[c] = emb[labels == c].mean(0)
+        self.centroids_ = cents                                                      # (C, D); NaN: class unseen
+        self.gallery_ = emb if self.classifier == "knn" else None
+        self.gallery_labels_ = np.asarray(labels, dtype=np.int64) if self.classifier == "knn" else None
+
+    def _predict_proba(self, images: np.ndarray) -> np.ndarray:
+        emb = self._embed(images)                                                    # (N, D)
+        if self.classifier == "knn":
+            from fer_bench.metrics import knn_predict_proba
+            k = min(self.knn_k, len(self.gallery_))
+            return knn_predict_proba(self.gallery_, self.gallery_labels_, emb, k=k, num_classes=self.num_classes_)
+        d = torch.cdist(torch.from_numpy(emb), torch.from_numpy(np.nan_to_num(self.centroids_, nan=0.0)))  # (N, C)
+        d[:, torch.from_numpy(np.isnan(self.centroids_).any(1))] = math.inf
+        return torch.softmax(-d / self.temperature, dim=1).numpy()
+
+    def _get_state(self) -> dict[str, Any]:
+        state = super()._get_state()
+        state["centroids"] = torch.from_numpy(self.centroids_)
+        if self.gallery_ is not None:
+            state["gallery"] = torch.from_numpy(self.gallery_)
+            state["gallery_labels"] = torch.from_numpy(self.gallery_labels_)
+        return state
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        super()._set_state(state)
+        self.centroids_ = state["centroids"].numpy()
+        self.gallery_ = state["gallery"].numpy() if "gallery" in state else None
+        self.gallery_labels_ = state["gallery_labels"].numpy() if "gallery_labels" in state else None
+
+    # -- figures and extra results -------------------------------------------------------------------
+    def extra_results(self, out_dir: Path, train: FERDataset, test: FERDataset) -> dict[str, float]:
+        """Figures 3-6 of the paper (2-D space during training, after training, on test) and training facts."""
+        from fer_bench.circumplex import plot_circumplex, plot_circumplex_grid
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out: dict[str, float] = {"siamese_imagenet_init": float(getattr(self, "imagenet_init_", False))}
+        counts = getattr(self, "pair_counts_", [0, 0])
+        if counts[1]:
+            out["siamese_same_pair_fraction"] = counts[0] / counts[1]
+        history = getattr(self, "train_info_", {}).get("history", [])
+        if history:
+            out["siamese_final_train_loss"] = float(history[-1]["train_loss"])
+            if 0 < self.freeze_epochs <= len(history):
+                out["siamese_frozen_stage_loss"] = float(history[self.freeze_epochs - 1]["train_loss"])
+        if self.out_dim != 2:
+            return out
+        snaps = getattr(self, "snapshots_", [])
+        if snaps:
+            ys = self.snapshot_labels_
+            plot_circumplex_grid([(label, xy, ys) for label, xy in snaps], train.classes,
+                                 out_dir / "siamese_training_snapshots.png", seed=self.seed)
+            np.savez_compressed(out_dir / "siamese_snapshots.npz", labels=ys, names=np.array([s[0] for s in snaps]),
+                                **{f"snap{i}": xy for i, (_, xy) in enumerate(snaps)})
+        plot_circumplex(self.embed(train), train.labels, train.classes, out_dir / "siamese_train_2d.png",
+                        title=f"training set after training ({len(train)} images)", seed=self.seed)
+        test_emb = self.embed(test)
+        plot_circumplex(test_emb, test.labels, test.classes, out_dir / "siamese_test_2d.png",
+                        title=f"test set representation ({len(test)} images)", seed=self.seed)
+        return out
