@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import methods.siamese  # noqa: F401  (registers "siamese")
+import fer_bench_methods.siamese  # noqa: F401  (registers "siamese")
 from fer_bench.checks import toy_dataset
 from fer_bench.method import ParameterError
 from fer_bench.registry import get_method
-from methods.siamese import all_pairs_loss, contrastive_loss
+from fer_bench_methods.siamese import all_pairs_loss, contrastive_loss
 
 
 def _grads(g1, g2, same, margin=1.0):
