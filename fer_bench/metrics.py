@@ -53,6 +53,8 @@ TIE_BREAKS: tuple[str, ...] = ("nearest", "lowest_label")
 def _labels(y: object, name: str, func: str, num_classes: int | None = None) -> np.ndarray:
     """Return ``y`` as a 1-D int64 array of class indices, checked against ``num_classes``."""
     arr = np.asarray(y)
+    if arr.ndim == 1 and arr.size == 0:
+        arr = arr.astype(np.int64)  # [] is float64 to numpy
     if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
         raise ValueError(
             f"The '{name}' parameter of {func} must be a 1-D array of integer class indices. "
@@ -78,7 +80,7 @@ def _embeddings(x: object, name: str, func: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError(f"The '{name}' parameter of {func} must hold finite numbers. "
                          f"Got NaN or inf (after the cast to float32) instead.")
-    return arr
+    return arr if arr.flags.writeable else arr.copy()  # torch.from_numpy warns on read-only arrays
 
 
 def _same_length(func: str, **arrays: np.ndarray) -> None:
@@ -400,7 +402,7 @@ def nmi(embeddings: np.ndarray, labels: Sequence[int], num_classes: int | None =
     k = ``num_classes`` or, if None, the number of distinct labels; scikit-learn ``KMeans``
     (k-means++, ``n_init`` restarts, ``random_state=seed``).
     """
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # imported here: importing fer_bench.metrics stays light
     from sklearn.metrics import normalized_mutual_info_score
 
     func = "nmi"
@@ -446,13 +448,19 @@ def map_at_r(embeddings: np.ndarray, labels: Sequence[int], chunk: int = 4096,
 def embedding_report(train_emb: np.ndarray, train_y: Sequence[int], test_emb: np.ndarray,
                      test_y: Sequence[int], num_classes: int | None = None, seed: int = 0,
                      ks: Sequence[int] = DEFAULT_KS, knn_k: int = 11) -> dict[str, float]:
-    """Flat name -> value dict: recall@K, acc@K (K <= N_test - 1), knn_acc, nmi, map@r."""
+    """Flat name -> value dict: recall@K, acc@K, knn_acc, nmi, map@r (NaN if no label repeats).
+
+    K larger than N_test - 1 is left out, and so is nmi when there are fewer test rows than
+    clusters; kNN uses min(knn_k, N_train) neighbours.
+    """
     recall, acc = retrieval_metrics(test_emb, test_y, ks)
     report = {f"recall@{k}": v for k, v in recall.items()}
     report.update({f"acc@{k}": v for k, v in acc.items()})
     k = min(knn_k, len(np.asarray(train_y)))
     report["knn_acc"] = knn_accuracy(train_emb, train_y, test_emb, test_y, k=k)
-    report["nmi"] = nmi(test_emb, test_y, num_classes, seed=seed)
+    n_clusters = len(np.unique(np.asarray(test_y))) if num_classes is None else num_classes
+    if n_clusters <= len(np.asarray(test_y)):  # else k-means cannot run: the key is left out
+        report["nmi"] = nmi(test_emb, test_y, num_classes, seed=seed)
     report["map@r"] = map_at_r(test_emb, test_y)
     return report
 
