@@ -258,13 +258,13 @@ class Method:
 
     # -- to implement -------------------------------------------------------------------------------
     def _fit(self, train: FERDataset, val: FERDataset | None) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _fit (the Method contract).")
 
     def _predict_proba(self, images: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _predict_proba (the Method contract).")
 
     def _embed(self, images: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _embed (the Method contract).")
 
     def extra_results(self, out_dir: Path, train: FERDataset, test: FERDataset) -> dict[str, float]:
         """Method-specific results after evaluation: extra metrics (returned) and figures or arrays
@@ -399,11 +399,11 @@ class TorchMethod(Method):
     # -- plugin surface ------------------------------------------------------------------------------
     def build(self, num_classes: int) -> nn.Module:
         """Return the network; it becomes ``self.model_``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement build(num_classes) (a TorchMethod plugin).")
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scalar training loss of one batch (``batch['x']`` (B,3,S,S), ``batch['y']`` (B,), ...)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement loss(batch) (a TorchMethod plugin).")
 
     def sampler(self, train: FERDataset, generator: torch.Generator) -> Iterator[torch.Tensor]:
         """Index batches of one epoch: a seeded shuffle by default (last partial batch dropped if size 1),
@@ -478,7 +478,7 @@ class TorchMethod(Method):
         from fer_bench.data.augment import BatchAugment
         from fer_bench.train import Trainer
 
-        self.device_ = resolve_device(self.device)
+        self._setup_device()
         self.selection_ = "last epoch"
         if self.select == "best_val" and val is None:
             if self.val_fraction <= 0:
@@ -489,8 +489,6 @@ class TorchMethod(Method):
         else:
             self.selection_rule_ = "given val split" if val is not None else "none (last epoch)"
         self._load_training_data(train)
-        self.mean_ = torch.tensor(IMAGENET_MEAN, device=self.device_).view(1, 3, 1, 1)
-        self.std_ = torch.tensor(IMAGENET_STD, device=self.device_).view(1, 3, 1, 1)
         self.augmenter_ = None if self.augment == "none" else BatchAugment.from_string(self.augment)
         with torch.random.fork_rng(devices=[self.device_] if self.device_.type == "cuda" else []):
             torch.manual_seed(self.seed)  # parameter init of build(); scoped, restored on exit
@@ -524,11 +522,15 @@ class TorchMethod(Method):
         enabled = self.amp and self.device_.type == "cuda"
         return torch.autocast(device_type=self.device_.type, enabled=enabled)
 
+    def _setup_device(self) -> None:
+        """The resolved device and the input normalisation constants on it."""
+        self.device_ = resolve_device(self.device)
+        self.mean_ = torch.tensor(IMAGENET_MEAN, device=self.device_).view(1, 3, 1, 1)
+        self.std_ = torch.tensor(IMAGENET_STD, device=self.device_).view(1, 3, 1, 1)
+
     def _ensure_model(self) -> None:
         if not hasattr(self, "device_"):
-            self.device_ = resolve_device(self.device)
-            self.mean_ = torch.tensor(IMAGENET_MEAN, device=self.device_).view(1, 3, 1, 1)
-            self.std_ = torch.tensor(IMAGENET_STD, device=self.device_).view(1, 3, 1, 1)
+            self._setup_device()
         if not hasattr(self, "model_"):
             self.model_ = self.build(self.num_classes_).to(self.device_)
 

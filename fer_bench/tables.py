@@ -110,10 +110,8 @@ def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = Fal
     failures = [{"method": c["spec"]["method"], "dataset": c["spec"]["dataset_label"], "seed": c["spec"]["seed"],
                  "error": c["error"]} for c in cells if c["status"] == "failed"]
     summary = summarize(long)
-    long.to_csv(run_dir / "metrics_long.csv.tmp", index=False)
-    os.replace(run_dir / "metrics_long.csv.tmp", run_dir / "metrics_long.csv")
-    summary.to_csv(run_dir / "summary.csv.tmp", index=False)
-    os.replace(run_dir / "summary.csv.tmp", run_dir / "summary.csv")
+    _atomic_write(run_dir / "metrics_long.csv", long.to_csv(index=False))
+    _atomic_write(run_dir / "summary.csv", summary.to_csv(index=False))
     text = summary_markdown(summary, failures)
     _atomic_write(run_dir / "summary.md", text)
     manifest = {**environment(), "cells": [
@@ -281,8 +279,7 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
             long = store.metrics_frame([s.cell_id for s in table_specs(table, data_root, device)])
             frame = paper_table(table, long)
             csv_path = out_dir / f"{table['name']}.csv"
-            frame.to_csv(csv_path.with_suffix(".csv.tmp"), index=False, float_format="%.4f")
-            os.replace(csv_path.with_suffix(".csv.tmp"), csv_path)
+            _atomic_write(csv_path, frame.to_csv(index=False, float_format="%.4f"))
             shown = frame.drop(columns=["ours_mean", "ours_std", "n"])
             title = f"## {table.get('title', table['name'])}\n\nMetric: {table['metric']} (x{table.get('scale', 100)})\n\n"
             notes = f"\n{table['notes'].strip()}\n" if table.get("notes") else ""

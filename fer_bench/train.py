@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -287,6 +286,3 @@ class Trainer:
         log.info("resumed %s from %s at epoch %d", self.m.display_name(), path, state["epoch"])
         return int(state["epoch"])
 
-
-def accuracy_of(proba: np.ndarray, labels: np.ndarray) -> float:
-    return float((np.asarray(proba).argmax(1) == np.asarray(labels)).mean()) if len(labels) else float("nan")

@@ -220,6 +220,23 @@ def _subdirs(folder: Path) -> list[Path]:
         return []
 
 
+def files_below(root: Path, levels: int = 3) -> Iterator[Path]:
+    """Files in ``root`` and up to ``levels - 1`` folders below it, sorted by name within each folder,
+    hidden entries skipped, folder symlinks not followed (lab datasets ship loose or one folder deep)."""
+    level = [root]
+    for _ in range(levels):
+        below = []
+        for folder in level:
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    below.append(Path(entry.path))
+                else:
+                    yield Path(entry.path)
+        level = below
+
+
 def relative_key(path: str | Path, root: str | Path) -> str:
     """``path`` relative to ``root`` in POSIX form (for keys and messages)."""
     return Path(os.path.relpath(path, root)).as_posix()

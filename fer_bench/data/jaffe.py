@@ -1,7 +1,6 @@
 """``jaffe``: the Japanese Female Facial Expression database, leave-one-subject-out or 10-fold."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import pandas as pd
 
 from fer_bench import labels as L
 from fer_bench.data.decode import (LAB_OPTIONS, DatasetError, FileAdapter, RootGuard, Source, SplitIndex,
-                                   attach_boxes, check_choice, check_range, crop_settings, relative_key,
+                                   attach_boxes, check_choice, check_range, crop_settings, files_below, relative_key,
                                    resolve_class_option)
 from fer_bench.registry import register_dataset
 
@@ -83,22 +82,12 @@ class JAFFE(FileAdapter):
     def scan(self, root: Path) -> tuple[list[tuple[Path, re.Match]], list[str]]:
         """Matching files (path, match) under ``root`` (up to two levels) and image-like names that do not match."""
         matches, odd = [], []
-        level = [root]
-        for _ in range(3):
-            nxt = []
-            for folder in level:
-                for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                    if entry.name.startswith("."):
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        nxt.append(Path(entry.path))
-                        continue
-                    m = NAME.match(entry.name)
-                    if m:
-                        matches.append((Path(entry.path), m))
-                    elif entry.name.lower().endswith(IMAGE_LIKE):
-                        odd.append(relative_key(Path(entry.path), root))
-            level = nxt
+        for path in files_below(root):
+            m = NAME.match(path.name)
+            if m:
+                matches.append((path, m))
+            elif path.name.lower().endswith(IMAGE_LIKE):
+                odd.append(relative_key(path, root))
         return matches, odd
 
     def index(self, split: str, root: Path, **options: Any) -> SplitIndex:

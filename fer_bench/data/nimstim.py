@@ -1,7 +1,6 @@
 """``nimstim``: the NimStim set of facial expressions, subject-disjoint 80/10/10 split."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import pandas as pd
 
 from fer_bench import labels as L
 from fer_bench.data.decode import (LAB_OPTIONS, DatasetError, FileAdapter, RootGuard, Source, SplitIndex,
-                                   attach_boxes, check_choice, crop_settings, relative_key, resolve_class_option)
+                                   attach_boxes, check_choice, crop_settings, files_below, relative_key, resolve_class_option)
 from fer_bench.registry import register_dataset
 
 NAME = re.compile(r"^(\d{2})([FM])_([A-Z]{2})_([OCX])\.(bmp|jpe?g|png|tiff?)$", re.IGNORECASE)
@@ -86,29 +85,18 @@ class NimStim(FileAdapter):
             table["CA"] = L.NEUTRAL
         guard = RootGuard(root)
         records = []
-        level = [root]
-        for _ in range(3):
-            nxt = []
-            for folder in level:
-                for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                    if entry.name.startswith("."):
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        nxt.append(Path(entry.path))
-                        continue
-                    m = NAME.match(entry.name)
-                    if not m:
-                        continue
-                    path = Path(entry.path)
-                    rel = relative_key(path, root)
-                    code = m.group(3).upper()
-                    if code not in table:
-                        raise DatasetError(f"{rel}: expression code {code!r} is not a NimStim code "
-                                           f"({', '.join(table)}); rename or remove the file.")
-                    guard.check_dir(path, rel)
-                    actor = f"{m.group(1)}{m.group(2).upper()}"
-                    records.append((Source(path.name, rel, str(path)), code, actor, m.group(4).upper()))
-            level = nxt
+        for path in files_below(root):
+            m = NAME.match(path.name)
+            if not m:
+                continue
+            rel = relative_key(path, root)
+            code = m.group(3).upper()
+            if code not in table:
+                raise DatasetError(f"{rel}: expression code {code!r} is not a NimStim code "
+                                   f"({', '.join(table)}); rename or remove the file.")
+            guard.check_dir(path, rel)
+            actor = f"{m.group(1)}{m.group(2).upper()}"
+            records.append((Source(path.name, rel, str(path)), code, actor, m.group(4).upper()))
         if not records:
             raise DatasetError(f"{str(root)!r} is not a NimStim folder: no file named like 01F_HA_O.bmp in it or up to two "
                                f"levels below; expected {self.layout}.")
