@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="32,64,128", help="image sizes, comma separated")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the split test")
+    parser.add_argument("--split-n", type=int, default=7000,
+                        help="images of the split test at <= 64 px (default: the default train split)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -80,7 +82,7 @@ def main() -> None:
         for size in sizes:
             here = render_rates(args.n, size, args.repeats)
             worker = pool.submit(render_rates, args.n, size, args.repeats).result()
-            serial, parallel, same = split_rate(4 * S.CHUNK if size <= 64 else 2 * S.CHUNK, size, args.workers)
+            serial, parallel, same = split_rate(args.split_n if size <= 64 else 2 * S.CHUNK, size, args.workers)
             rows.append((size, here, worker, serial, parallel, same))
 
     print(f"load average after: {os.getloadavg()[0]:.2f}\n")

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import numpy as np
 import pandas as pd
-import torch
 
 from fer_bench import labels as L
 from fer_bench.data import fingerprint_of
@@ -15,6 +14,9 @@ from fer_bench.data.decode import (DatasetError, DecodeSettings, FileAdapter, Ro
                                    cached_table, check_choice, find_named, relative_key)
 from fer_bench.data.folder import SCHEMES, class_folder_index, folder_root, scheme_mapper
 from fer_bench.registry import register_dataset
+
+if TYPE_CHECKING:
+    import torch
 
 HEADER = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
           "expression", "valence", "arousal")
@@ -36,6 +38,7 @@ def balanced_batches(labels: np.ndarray, batch_size: int, generator: torch.Gener
     """One epoch of class-balanced index batches: ``len(labels)`` draws with replacement, each class
     equally likely per draw (``torch.multinomial`` on ``balanced_weights``); a method's ``sampler``
     hook can return this when ``train.meta['sampler'] == 'balanced'``."""
+    import torch  # here, not at the top: importing the adapters (e.g. in render workers) stays torch-free
     weights = torch.as_tensor(balanced_weights(labels), dtype=torch.float64)
     order = torch.multinomial(weights, len(weights), replacement=True, generator=generator)
     for start in range(0, len(order), batch_size):
