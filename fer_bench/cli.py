@@ -18,7 +18,7 @@ import fer_bench
 from fer_bench.method import PROFILES, ParameterError, parse_overrides
 from fer_bench.registry import DATASETS, METHODS, UnknownNameError, get_dataset, load_plugin_file
 
-USAGE_ERRORS = (UnknownNameError, ParameterError, ValueError, FileNotFoundError)
+USAGE_ERRORS = (UnknownNameError, ParameterError, ValueError, FileNotFoundError, ImportError, ConnectionError)
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -90,14 +90,25 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
 @click.option("--set", "sets", multiple=True, help="method.param=value (value lists a,b make a grid axis); * for all methods.")
 @click.option("--out", type=click.Path(), default="runs/default", show_default=True, help="Run directory.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
-@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: cells one after another here; ray: cells as Ray tasks (pip install 'fer-bench[ray]').")
+@click.option("--ray-address", default=None, help="[ray] auto or HOST:PORT of a running cluster; none: a local instance.")
+@click.option("--cpus-per-cell", type=float, default=1, show_default=True, help="[ray] CPUs each cell's task asks for.")
+@click.option("--gpus-per-cell", type=float, default=0, show_default=True, help="[ray] GPUs each cell's task asks for.")
+@click.option("--cell-retries", type=int, default=2, show_default=True,
+              help="[ray] resubmissions of a cell whose worker process or node died.")
+@click.option("--ray-artifacts", type=click.Choice(["auto", "return"]), default="auto", show_default=True,
+              help="[ray] auto: workers write in the run directory when they see it, else return artifacts; "
+                   "return: always send them back to the driver.")
 @click.option("--retry-failed", is_flag=True, help="Run failed cells again.")
 @click.option("--tsne", is_flag=True, help="2-D maps of embeddings with t-SNE instead of PCA.")
 @click.option("--plugin", "plugins", multiple=True, type=click.Path(), help="A Python file that registers methods.")
+@click.pass_context
 @one_line_errors
-def run(methods: str, datasets: tuple[str, ...], data_root: str | None, seeds: str, profile: str, label_noise: str,
-        noise_kind: str, sets: tuple[str, ...], out: str, device: str, executor: str, retry_failed: bool,
-        tsne: bool, plugins: tuple[str, ...]) -> None:
+def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: str | None, seeds: str, profile: str,
+        label_noise: str, noise_kind: str, sets: tuple[str, ...], out: str, device: str, executor: str,
+        ray_address: str | None, cpus_per_cell: float, gpus_per_cell: float, cell_retries: int, ray_artifacts: str,
+        retry_failed: bool, tsne: bool, plugins: tuple[str, ...]) -> None:
     """Train and evaluate a grid of methods x datasets x seeds x label-noise rates."""
     from fer_bench.method import resolve_device
     from fer_bench.runner import EXECUTORS, expand_grid, run_grid
@@ -125,13 +136,32 @@ def run(methods: str, datasets: tuple[str, ...], data_root: str | None, seeds: s
         else:
             click.echo(f"{where}: FAILED: {result.error}")
 
+    options: dict[str, Any] = {"progress": None}
+    if executor == "ray":
+        options.update(address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
+                       retries=cell_retries, artifacts=ray_artifacts, plugins=plugins)
+    else:
+        _refuse_ray_options(ctx)
+    runner = EXECUTORS[executor](**options)
     click.echo(f"fer-bench {fer_bench.__version__}: {total} cells -> {run_dir}")
-    outcome = run_grid(specs, run_dir, EXECUTORS[executor](progress=None), retry_failed, report)
+    try:
+        outcome = run_grid(specs, run_dir, runner, retry_failed, report)
+    except KeyboardInterrupt:
+        click.echo(f"fer-bench: interrupted; finished cells are in {run_dir / 'results.sqlite'}: rerun the same "
+                   f"command to resume the rest.", err=True)
+        sys.exit(130)
     summary = write_run_outputs(run_dir, specs, tsne=tsne)
     click.echo(summary)
     if outcome["failed"]:
         click.echo(f"{len(outcome['failed'])} cell(s) failed; see {run_dir / 'summary.md'} and rerun with --retry-failed.", err=True)
         sys.exit(1)
+
+
+def _refuse_ray_options(ctx: click.Context) -> None:
+    for name in ("ray_address", "cpus_per_cell", "gpus_per_cell", "cell_retries", "ray_artifacts"):
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            raise ParameterError(f"--{name.replace('_', '-')} applies to --executor ray only; add --executor ray "
+                                 f"or drop it.")
 
 
 @main.command()

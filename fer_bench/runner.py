@@ -238,7 +238,12 @@ class LocalExecutor:
             yield execute(spec, run_dir, self.progress)
 
 
-EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor}
+def _ray_executor(**kwargs: Any) -> Executor:
+    from fer_bench.ray_executor import RayExecutor  # Ray is an optional extra: imported only when asked for
+    return RayExecutor(**kwargs)
+
+
+EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": _ray_executor}
 
 
 def run_grid(specs: list[CellSpec], run_dir: str | Path, executor: Executor, retry_failed: bool = False,
