@@ -180,7 +180,8 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
         metrics["train_images_per_s"] = train_info["train_images_per_s"]
     info.update(selection=getattr(method, "selection_", "n/a"), selection_rule=getattr(method, "selection_rule_", "n/a"),
                 history=train_info.get("history", []), resumed_from_epoch=train_info.get("resumed_from_epoch", 0),
-                device=str(getattr(method, "device_", "cpu")), classes=list(train.classes))
+                device=str(getattr(method, "device_", "cpu")), classes=list(train.classes),
+                torch_threads=torch.get_num_threads())  # CPU results differ in the last bits across thread counts
 
     artifacts = {}
     for key, array in {"test_labels": test.labels, "test_pred": pred, "test_proba": proba, "test_embed": test_emb}.items():
