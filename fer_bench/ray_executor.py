@@ -117,8 +117,11 @@ def unzip_into(data: bytes, folder: Path) -> None:
 
 
 def run_cell_task(spec: CellSpec, run_dir: str, token: str, force_return: bool,
-                  plugins: list[tuple[str, str]]) -> tuple[CellResult, bytes | None]:
-    """One cell on a Ray worker: (result, zipped cell folder when the worker cannot see the run dir)."""
+                  plugins: list[tuple[str, str]], threads: int = 1) -> tuple[CellResult, bytes | None]:
+    """One cell on a Ray worker: (result, zipped cell folder when the worker cannot see the run dir).
+    ``threads``: torch's CPU threads, the cell's CPU request (Ray's workers would otherwise guess)."""
+    import torch
+    torch.set_num_threads(max(1, threads))
     error = _precondition_error(spec)
     if error:
         return _failed(spec, error), None
@@ -202,7 +205,9 @@ class RayExecutor:
         (run_dir / TOKEN_FILE).write_text(token)
         task = ray.remote(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_retries=self.retries,
                           retry_exceptions=False)(run_cell_task)
-        return {task.remote(spec, str(run_dir), token, self.force_return, self.plugins): spec for spec in specs}
+        threads = max(1, int(self.cpus_per_cell))
+        return {task.remote(spec, str(run_dir), token, self.force_return, self.plugins, threads): spec
+                for spec in specs}
 
     def _collect(self, ref: Any, spec: CellSpec, run_dir: Path) -> CellResult:
         ray = self.ray
