@@ -83,6 +83,9 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
 @click.option("--dataset", "datasets", multiple=True, default=("synthetic",), show_default=True,
               help="NAME[:opt=value,...]; repeat for several datasets.")
 @click.option("--data-root", type=click.Path(), default=None, help="Folder of a downloaded dataset (or $FER_BENCH_DATA).")
+@click.option("--test-dataset", "test_datasets", multiple=True,
+              help="NAME[:opt=value,...]: train on --dataset, test on this dataset's test split (shared classes "
+                   "only; read from $FER_BENCH_DATA/NAME); repeat for several.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
 @click.option("--profile", type=click.Choice(PROFILES), default="quick", show_default=True)
 @click.option("--label-noise", default="0", show_default=True, help="Comma-separated label-noise rates on train.")
@@ -105,7 +108,8 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
 @click.option("--plugin", "plugins", multiple=True, type=click.Path(), help="A Python file that registers methods.")
 @click.pass_context
 @one_line_errors
-def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: str | None, seeds: str, profile: str,
+def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: str | None,
+        test_datasets: tuple[str, ...], seeds: str, profile: str,
         label_noise: str, noise_kind: str, sets: tuple[str, ...], out: str, device: str, executor: str,
         ray_address: str | None, cpus_per_cell: float, gpus_per_cell: float, cell_retries: int, ray_artifacts: str,
         retry_failed: bool, tsne: bool, plugins: tuple[str, ...]) -> None:
@@ -121,7 +125,8 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
     resolve_device(device)
     overrides = parse_overrides(sets, method_names)
     specs = expand_grid(method_names, list(datasets), _split_list(seeds, int, "seeds"),
-                        _split_list(label_noise, float, "label-noise"), profile, overrides, device, data_root, noise_kind)
+                        _split_list(label_noise, float, "label-noise"), profile, overrides, device, data_root, noise_kind,
+                        list(test_datasets) or None)
     run_dir = Path(out)
     total = len(specs)
     counter = {"i": 0}

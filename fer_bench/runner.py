@@ -25,7 +25,7 @@ import torch
 import fer_bench
 from fer_bench import metrics as M
 from fer_bench.circumplex import circumplex_report
-from fer_bench.data import FERDataset, available_splits, get_dataset, load_dataset, parse_dataset_spec
+from fer_bench.data import FERDataset, available_splits, get_dataset, in_label_space, load_dataset, parse_dataset_spec
 from fer_bench.data.decode import dataset_record
 from fer_bench.data.noise import labels_hash, noisy_labels
 from fer_bench.method import Method, ParameterError, TorchMethod
@@ -53,19 +53,26 @@ class CellSpec:
     overrides: dict = dataclasses.field(default_factory=dict)
     version: str = fer_bench.__version__
     data_root: str | None = None
+    test_dataset: str | None = None        # train on ``dataset``, test on this one (its test split)
+    test_dataset_options: dict = dataclasses.field(default_factory=dict)
 
     @property
     def cell_id(self) -> str:
         payload = dataclasses.asdict(self)
         payload.pop("data_root")
+        if self.test_dataset is None:  # cells of one dataset keep the ids they had before cross-dataset cells
+            payload.pop("test_dataset")
+            payload.pop("test_dataset_options")
         payload["params"] = {k: v for k, v in self.params.items() if k != "device"}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
     def dataset_label(self) -> str:
-        given = ",".join(f"{k}={v}" for k, v in sorted(self.dataset_options.items())
-                         if v != get_dataset(self.dataset).options.get(k))
-        return f"{self.dataset}:{given}" if given else self.dataset
+        """``name[:non-default options]``, and ``-> test dataset`` for a cross-dataset cell."""
+        label = _dataset_label(self.dataset, self.dataset_options)
+        if self.test_dataset is not None:
+            label += " -> " + _dataset_label(self.test_dataset, self.test_dataset_options)
+        return label
 
     @property
     def overrides_label(self) -> str:
@@ -75,6 +82,11 @@ class CellSpec:
         payload = dataclasses.asdict(self)
         payload.update(cell_id=self.cell_id, dataset_label=self.dataset_label, overrides_label=self.overrides_label)
         return json.dumps(payload, sort_keys=True, default=str)
+
+
+def _dataset_label(name: str, options: dict) -> str:
+    given = ",".join(f"{k}={v}" for k, v in sorted(options.items()) if v != get_dataset(name).options.get(k))
+    return f"{name}:{given}" if given else name
 
 
 @dataclasses.dataclass
@@ -95,15 +107,16 @@ class CellResult:
 
 def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label_noise: list[float],
                 profile: str, overrides: dict[str, dict[str, str]], device: str = "auto",
-                data_root: str | None = None, noise_kind: str = "symmetric") -> list[CellSpec]:
+                data_root: str | None = None, noise_kind: str = "symmetric",
+                test_datasets: list[str | None] | None = None) -> list[CellSpec]:
     """The cells of a grid, in a stable order. ``overrides`` values may be comma lists: each value is
-    a point of the grid (``--set baseline.lr=1e-3,1e-4`` runs both)."""
+    a point of the grid (``--set baseline.lr=1e-3,1e-4`` runs both). ``test_datasets``: an axis of
+    datasets to test on instead of the training dataset's own test split (None in it: the own split)."""
     cells = []
-    for method_name, dataset_spec in itertools.product(methods, datasets):
+    tests = [_resolved(t) if t is not None else (None, {}) for t in (test_datasets or [None])]
+    for method_name, dataset_spec, (test_name, test_options) in itertools.product(methods, datasets, tests):
         cls = get_method(method_name)
-        name, options = parse_dataset_spec(dataset_spec)
-        adapter = get_dataset(name)
-        resolved_options = adapter.resolve_options(options)
+        name, resolved_options = _resolved(dataset_spec)
         given = {**overrides.get("*", {}), **overrides.get(method_name, {})}
         unknown = sorted(set(given) - set(cls.params))
         if unknown:
@@ -116,8 +129,14 @@ def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label
                 params = cls.resolve_params(profile, name, {**point, "seed": seed, "device": device})
                 cells.append(CellSpec(method=method_name, params=params, dataset=name,
                                       dataset_options=resolved_options, seed=seed, label_noise=float(rate),
-                                      noise_kind=noise_kind, profile=profile, overrides=point, data_root=data_root))
+                                      noise_kind=noise_kind, profile=profile, overrides=point, data_root=data_root,
+                                      test_dataset=test_name, test_dataset_options=test_options))
     return cells
+
+
+def _resolved(dataset_spec: str) -> tuple[str, dict]:
+    name, options = parse_dataset_spec(dataset_spec)
+    return name, get_dataset(name).resolve_options(options)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,12 +149,16 @@ def _load_split(name: str, split: str, root: str | None, options_json: str) -> F
 
 
 def load_splits(spec: CellSpec) -> tuple[FERDataset, FERDataset | None, FERDataset]:
-    """(train, val or None, test) of a cell's dataset."""
+    """(train, val or None, test) of a cell's dataset. A cross-dataset cell's test split comes from
+    ``spec.test_dataset`` (read from ``$FER_BENCH_DATA/<name>`` unless it is the training dataset)."""
     options = json.dumps(spec.dataset_options, sort_keys=True)
     present = available_splits(spec.dataset, spec.data_root, **spec.dataset_options)
     train = _load_split(spec.dataset, "train", spec.data_root, options)
-    test = _load_split(spec.dataset, "test", spec.data_root, options)
     val = _load_split(spec.dataset, "val", spec.data_root, options) if "val" in present else None
+    if spec.test_dataset is None:
+        return train, val, _load_split(spec.dataset, "test", spec.data_root, options)
+    root = spec.data_root if spec.test_dataset == spec.dataset else None
+    test = _load_split(spec.test_dataset, "test", root, json.dumps(spec.test_dataset_options, sort_keys=True))
     return train, val, test
 
 
@@ -157,17 +180,25 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
         train = train.with_labels(noisy, f"noise:{spec.noise_kind}:{spec.label_noise}:{spec.seed}")
         train.meta["clean_labels"] = clean  # for methods that report how much noise they undid
 
+    shared = np.arange(train.num_classes)  # the classes scored: all, or those both datasets have
+    if spec.test_dataset is not None:
+        test, info["cross_dataset"] = in_label_space(test, train.classes)
+        info["fingerprints"]["test_in_train_label_space"] = test.fingerprint
+        shared = np.unique(test.labels)
+
     method: Method = get_method(spec.method)(**spec.params)
     if isinstance(method, TorchMethod):
         method.workdir = str(workdir / "checkpoint")
         method.progress = progress
     method.fit(train, val)
     proba = method.predict_proba(test)
-    pred = proba.argmax(1)
+    pred = shared[proba[:, shared].argmax(1)]  # a cross-dataset cell predicts among the shared classes only
     test_emb = method.embed(test)
     train_emb = method.embed(train)
-    metrics = dict(M.classification_report(test.labels, pred, test.num_classes))
-    metrics.update(M.embedding_report(train_emb, train.labels, test_emb, test.labels, test.num_classes, seed=spec.seed))
+    position = np.full(train.num_classes, -1)
+    position[shared] = np.arange(len(shared))
+    metrics = dict(M.classification_report(position[test.labels], position[pred], len(shared)))
+    metrics.update(M.embedding_report(train_emb, train.labels, test_emb, test.labels, len(shared), seed=spec.seed))
     metrics.update(circumplex_report(test_emb, test.labels, test.classes, seed=spec.seed))  # six basic only
     if test.label_dist is not None:
         metrics["kl_to_label_dist"] = M.kl_divergence(test.label_dist, proba)

@@ -182,7 +182,7 @@ def _slug(text: str) -> str:
 
 BENCHMARK_KEYS = {"name", "title", "description", "tables"}
 TABLE_KEYS = {"name", "title", "metric", "scale", "rows", "grid", "published", "notes"}
-GRID_KEYS = {"methods", "datasets", "seeds", "profile", "label_noise", "noise_kind", "set"}
+GRID_KEYS = {"methods", "datasets", "test_datasets", "seeds", "profile", "label_noise", "noise_kind", "set"}
 
 
 def load_benchmark(path: str | Path) -> dict[str, Any]:
@@ -226,7 +226,8 @@ def table_specs(table: dict[str, Any], data_root: str | None = None, device: str
     sets = [f"{k}={v}" for k, v in (grid.get("set") or {}).items()]
     return expand_grid(methods, list(grid.get("datasets", ["synthetic"])), list(grid.get("seeds", [0])),
                        [float(r) for r in grid.get("label_noise", [0.0])], grid.get("profile", "quick"),
-                       parse_overrides(sets, methods), device, data_root, grid.get("noise_kind", "symmetric"))
+                       parse_overrides(sets, methods), device, data_root, grid.get("noise_kind", "symmetric"),
+                       grid.get("test_datasets"))
 
 
 def paper_table(table: dict[str, Any], long: pd.DataFrame) -> pd.DataFrame:

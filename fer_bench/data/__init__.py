@@ -183,6 +183,39 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "fer_bench")
 
 
+def in_label_space(test: FERDataset, classes: tuple[int, ...]) -> tuple[FERDataset, dict[str, Any]]:
+    """``test`` re-expressed in another dataset's label space ``classes`` (canonical ids), for training on
+    one dataset and testing on another: rows of classes outside ``classes`` are dropped, labels become
+    indices into ``classes`` and ``label_dist`` columns follow (renormalised over the kept classes).
+    Returns the dataset and a record of what was dropped."""
+    classes = tuple(int(c) for c in classes)
+    position = {c: i for i, c in enumerate(classes)}
+    kept_classes = [c for c in test.classes if c in position]
+    if not kept_classes:
+        raise ValueError(f"{test.name} ({', '.join(test.class_names)}) shares no class with the training "
+                         f"dataset ({', '.join(L.names(classes))}); pick a test dataset with common emotions.")
+    canonical = np.asarray(test.classes)[test.labels]
+    rows = np.flatnonzero(np.isin(canonical, kept_classes))
+    out = test.subset(rows)
+    dist = None
+    if test.label_dist is not None:
+        dist = np.zeros((len(rows), len(classes)), dtype=np.float32)
+        for j, c in enumerate(test.classes):
+            if c in position:
+                dist[:, position[c]] = test.label_dist[rows, j]
+        sums = dist.sum(axis=1, keepdims=True)
+        labels_onehot = np.eye(len(classes), dtype=np.float32)[[position[c] for c in canonical[rows]]]
+        dist = np.where(sums > 0, dist / np.maximum(sums, 1e-12), labels_onehot)
+    fingerprint = hashlib.sha256(f"{out.fingerprint} in label space {classes}".encode()).hexdigest()
+    out = dataclasses.replace(out, labels=np.array([position[c] for c in canonical[rows]], dtype=np.int64),
+                              classes=classes, label_dist=dist, fingerprint=fingerprint)
+    record = {"test_classes_dropped": {L.names([c])[0]: int((canonical == c).sum())
+                                       for c in test.classes if c not in position},
+              "train_classes_absent_from_test": L.names([c for c in classes if c not in test.classes]),
+              "shared_classes": L.names(kept_classes), "test_rows_kept": int(len(rows)), "test_rows": int(len(test))}
+    return out, record
+
+
 def load_dataset(name: str, split: str, root: str | Path | None = None, **options: Any) -> FERDataset:
     """Load one split of a registered dataset with checked options."""
     adapter_cls = get_dataset(name)
