@@ -35,6 +35,7 @@ from fer_bench.store import Store
 log = logging.getLogger(__name__)
 
 CELLS_DIR = "cells"
+TRAINING_KEY_FILE = "training_key"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,11 +187,16 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
         info["fingerprints"]["test_in_train_label_space"] = test.fingerprint
         shared = np.unique(test.labels)
 
-    method: Method = get_method(spec.method)(**spec.params)
-    if isinstance(method, TorchMethod):
-        method.workdir = str(workdir / "checkpoint")
-        method.progress = progress
-    method.fit(train, val)
+    trained = _trained_sibling(spec, workdir)
+    if trained is not None:  # same method, data, seed and noise already trained in this run: test that model
+        method = get_method(spec.method).load(trained / "model")
+        info["model_from_cell"] = trained.name
+    else:
+        method = get_method(spec.method)(**spec.params)
+        if isinstance(method, TorchMethod):
+            method.workdir = str(workdir / "checkpoint")
+            method.progress = progress
+        method.fit(train, val)
     proba = method.predict_proba(test)
     pred = shared[proba[:, shared].argmax(1)]  # a cross-dataset cell predicts among the shared classes only
     test_emb = method.embed(test)
@@ -220,9 +226,28 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
         artifacts[key] = f"{key}.npy"
     method.save(workdir / "model")
     artifacts["model"] = "model"
+    (workdir / TRAINING_KEY_FILE).write_text(training_key(spec))  # after the model: a reader finds it whole
     if (workdir / "extra").is_dir():
         artifacts.update({f"extra/{p.name}": f"extra/{p.name}" for p in sorted((workdir / "extra").iterdir())})
     return CellResult(spec.cell_id, "done", metrics, artifacts, info, time.perf_counter() - start)
+
+
+def training_key(spec: CellSpec) -> str:
+    """What determines a cell's fitted model: its spec without the test dataset."""
+    return dataclasses.replace(spec, test_dataset=None, test_dataset_options={}).cell_id
+
+
+def _trained_sibling(spec: CellSpec, workdir: Path) -> Path | None:
+    """For a cross-dataset cell: the folder of a finished cell of this run with the same training key
+    (its saved model is reused: train once, test on many datasets); None when there is none yet."""
+    if spec.test_dataset is None:
+        return None
+    key = training_key(spec)
+    for marker in sorted(workdir.parent.glob(f"*/{TRAINING_KEY_FILE}")):
+        folder = marker.parent
+        if folder != workdir and marker.read_text() == key and (folder / "model" / "state.pt").is_file():
+            return folder
+    return None
 
 
 def _cost_metrics(method: Method, test: FERDataset) -> dict[str, float]:

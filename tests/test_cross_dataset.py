@@ -62,3 +62,22 @@ def test_single_dataset_cells_keep_their_committed_ids():
     with sqlite3.connect(ROOT / "results" / "synthetic-example" / "run" / "results.sqlite") as db:
         stored = {i: json.loads(spec) for i, spec in db.execute("SELECT id, spec FROM cells")}
     assert ids <= set(stored), "cell ids changed: committed stores would rerun every cell"
+
+
+def test_a_cross_dataset_cell_reuses_the_model_its_run_already_trained(tmp_path):
+    from fer_bench.method import Method
+    from fer_bench.runner import LocalExecutor, run_grid
+    from fer_bench.store import Store
+
+    shifted = TINY + ",seed=1"
+    own, cross = expand_grid(["baseline"], [TINY], [0], [0.0], "test", {}, "cpu", test_datasets=[None, shifted])
+    run_grid([own, cross], tmp_path, LocalExecutor())
+    with Store(tmp_path / "results.sqlite") as store:
+        info = store.cell(cross.cell_id)["info"]
+        metrics = store.metrics(cross.cell_id)
+        proba = np.load(tmp_path / store.artifacts(cross.cell_id)["test_proba"])
+        model = tmp_path / store.artifacts(own.cell_id)["model"]
+    assert info["model_from_cell"] == own.cell_id and "train_seconds" not in metrics  # not trained again
+    from fer_bench.data import load_dataset
+    test = load_dataset("synthetic", "test", **cross.test_dataset_options)
+    assert np.allclose(Method.load(model).predict_proba(test), proba, atol=1e-6)
