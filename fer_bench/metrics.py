@@ -358,13 +358,14 @@ def knn_predict_proba(train_emb: np.ndarray, train_labels: Sequence[int], test_e
 
 
 def knn_predict(train_emb: np.ndarray, train_labels: Sequence[int], test_emb: np.ndarray,
-                k: int = 11, num_classes: int | None = None, tie_break: str = "nearest",
+                k: int = 11, num_classes: int | None = None, tie_break: str = "lowest_label",
                 chunk: int = 4096, device: str | torch.device = "cpu") -> np.ndarray:
     """(N,) majority vote of the k nearest training labels.
 
-    ``tie_break="nearest"``: among the classes with the most votes, the one owning the nearest of
-    the k neighbours wins. ``"lowest_label"``: the smaller class index wins (scikit-learn, and
-    the SGMLoss authors' ``eval_fer.py``, which used scikit-learn).
+    ``tie_break="lowest_label"`` (default): the smaller class index wins (scikit-learn, and the
+    SGMLoss authors' ``eval_fer.py``, which used scikit-learn); it equals ``knn_predict_proba(...)
+    .argmax(1)``, so the runner's ``knn_acc`` and a kNN method's ``predict`` agree. ``"nearest"``:
+    among the classes with the most votes, the one owning the nearest of the k neighbours wins.
     """
     func = "knn_predict"
     if tie_break not in TIE_BREAKS:
@@ -385,7 +386,7 @@ def knn_predict(train_emb: np.ndarray, train_labels: Sequence[int], test_emb: np
 
 
 def knn_accuracy(train_emb: np.ndarray, train_labels: Sequence[int], test_emb: np.ndarray,
-                 test_labels: Sequence[int], k: int = 11, tie_break: str = "nearest",
+                 test_labels: Sequence[int], k: int = 11, tie_break: str = "lowest_label",
                  chunk: int = 4096, device: str | torch.device = "cpu") -> float:
     """Accuracy of ``knn_predict`` (training set as gallery) on the test set."""
     y = _labels(test_labels, "test_labels", "knn_accuracy")

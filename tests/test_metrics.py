@@ -211,8 +211,11 @@ def test_knn_tie_break():
     # k = 2 at 5.9: neighbours 5 (d 0.9, label 2) and 2 (d 3.9, label 0) -> one vote each.
     query = np.array([[5.9]], dtype=np.float32)
     np.testing.assert_allclose(M.knn_predict_proba(TRAIN_X, TRAIN_Y, query, k=2), [[0.5, 0, 0.5]])
-    assert M.knn_predict(TRAIN_X, TRAIN_Y, query, k=2).tolist() == [2]  # the nearest's class
-    assert M.knn_predict(TRAIN_X, TRAIN_Y, query, k=2, tie_break="lowest_label").tolist() == [0]
+    assert M.knn_predict(TRAIN_X, TRAIN_Y, query, k=2, tie_break="nearest").tolist() == [2]  # the nearest's class
+    assert M.knn_predict(TRAIN_X, TRAIN_Y, query, k=2).tolist() == [0]  # default: lowest label, as sklearn
+    # the default agrees with the argmax of the vote fractions (what a kNN method's predict returns)
+    assert M.knn_predict(TRAIN_X, TRAIN_Y, query, k=2).tolist() == M.knn_predict_proba(
+        TRAIN_X, TRAIN_Y, query, k=2).argmax(1).tolist()
     with pytest.raises(ValueError, match="'tie_break' parameter of knn_predict must be one of"):
         M.knn_predict(TRAIN_X, TRAIN_Y, query, k=2, tie_break="random")
 
