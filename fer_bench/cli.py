@@ -89,7 +89,10 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
 @click.option("--profile", type=click.Choice(PROFILES), default="quick", show_default=True)
 @click.option("--label-noise", default="0", show_default=True, help="Comma-separated label-noise rates on train.")
-@click.option("--noise-kind", type=click.Choice(["symmetric", "pairflip"]), default="symmetric", show_default=True)
+@click.option("--noise-kind", type=click.Choice(["symmetric", "pairflip", "asymmetric"]), default="symmetric",
+              show_default=True)
+@click.option("--noise-matrix", type=click.Path(), default=None,
+              help="CSV of asymmetric-noise weights, rows = true emotion, columns = noisy emotion (by name).")
 @click.option("--set", "sets", multiple=True, help="method.param=value (value lists a,b make a grid axis); * for all methods.")
 @click.option("--out", type=click.Path(), default="runs/default", show_default=True, help="Run directory.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
@@ -109,9 +112,8 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
 @click.pass_context
 @one_line_errors
 def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: str | None,
-        test_datasets: tuple[str, ...], seeds: str, profile: str,
-        label_noise: str, noise_kind: str, sets: tuple[str, ...], out: str, device: str, executor: str,
-        ray_address: str | None, cpus_per_cell: float, gpus_per_cell: float, cell_retries: int, ray_artifacts: str,
+        test_datasets: tuple[str, ...], seeds: str, profile: str, label_noise: str, noise_kind: str,
+        noise_matrix: str | None, sets: tuple[str, ...], out: str, device: str, executor: str, ray_address: str | None, cpus_per_cell: float, gpus_per_cell: float, cell_retries: int, ray_artifacts: str,
         retry_failed: bool, tsne: bool, plugins: tuple[str, ...]) -> None:
     """Train and evaluate a grid of methods x datasets x seeds x label-noise rates."""
     from fer_bench.method import resolve_device
@@ -124,9 +126,10 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
         METHODS.get(name)
     resolve_device(device)
     overrides = parse_overrides(sets, method_names)
+    matrix = _noise_matrix_option(noise_kind, noise_matrix)
     specs = expand_grid(method_names, list(datasets), _split_list(seeds, int, "seeds"),
                         _split_list(label_noise, float, "label-noise"), profile, overrides, device, data_root, noise_kind,
-                        list(test_datasets) or None)
+                        list(test_datasets) or None, matrix)
     run_dir = Path(out)
     total = len(specs)
     counter = {"i": 0}
@@ -160,6 +163,14 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
     if outcome["failed"]:
         click.echo(f"{len(outcome['failed'])} cell(s) failed; see {run_dir / 'summary.md'} and rerun with --retry-failed.", err=True)
         sys.exit(1)
+
+
+def _noise_matrix_option(kind: str, path: str | None) -> dict | None:
+    from fer_bench.data.noise import read_noise_matrix
+    if (kind == "asymmetric") != (path is not None):
+        raise ParameterError("--noise-kind asymmetric and --noise-matrix FILE go together: asymmetric noise draws "
+                             "the wrong class from the matrix's row of the true class.")
+    return read_noise_matrix(path) if path is not None else None
 
 
 def _refuse_ray_options(ctx: click.Context) -> None:

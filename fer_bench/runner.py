@@ -27,7 +27,7 @@ from fer_bench import metrics as M
 from fer_bench.circumplex import circumplex_report
 from fer_bench.data import FERDataset, available_splits, get_dataset, in_label_space, load_dataset, parse_dataset_spec
 from fer_bench.data.decode import dataset_record
-from fer_bench.data.noise import labels_hash, noisy_labels
+from fer_bench.data.noise import confusion_for, labels_hash, noisy_labels
 from fer_bench.method import Method, ParameterError, TorchMethod
 from fer_bench.registry import get_method
 from fer_bench.store import Store
@@ -56,6 +56,7 @@ class CellSpec:
     data_root: str | None = None
     test_dataset: str | None = None        # train on ``dataset``, test on this one (its test split)
     test_dataset_options: dict = dataclasses.field(default_factory=dict)
+    noise_matrix: dict | None = None       # asymmetric noise: {true emotion: {noisy emotion: weight}}
 
     @property
     def cell_id(self) -> str:
@@ -64,6 +65,8 @@ class CellSpec:
         if self.test_dataset is None:  # cells of one dataset keep the ids they had before cross-dataset cells
             payload.pop("test_dataset")
             payload.pop("test_dataset_options")
+        if self.noise_matrix is None:
+            payload.pop("noise_matrix")
         payload["params"] = {k: v for k, v in self.params.items() if k != "device"}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -109,7 +112,7 @@ class CellResult:
 def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label_noise: list[float],
                 profile: str, overrides: dict[str, dict[str, str]], device: str = "auto",
                 data_root: str | None = None, noise_kind: str = "symmetric",
-                test_datasets: list[str | None] | None = None) -> list[CellSpec]:
+                test_datasets: list[str | None] | None = None, noise_matrix: dict | None = None) -> list[CellSpec]:
     """The cells of a grid, in a stable order. ``overrides`` values may be comma lists: each value is
     a point of the grid (``--set baseline.lr=1e-3,1e-4`` runs both). ``test_datasets``: an axis of
     datasets to test on instead of the training dataset's own test split (None in it: the own split)."""
@@ -131,7 +134,8 @@ def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label
                 cells.append(CellSpec(method=method_name, params=params, dataset=name,
                                       dataset_options=resolved_options, seed=seed, label_noise=float(rate),
                                       noise_kind=noise_kind, profile=profile, overrides=point, data_root=data_root,
-                                      test_dataset=test_name, test_dataset_options=test_options))
+                                      test_dataset=test_name, test_dataset_options=test_options,
+                                      noise_matrix=noise_matrix if noise_kind == "asymmetric" else None))
     return cells
 
 
@@ -174,7 +178,8 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
                                              "val": val.fingerprint if val is not None else None},
                             "data": {d.split: dataset_record(d) for d in (train, val, test) if d is not None}}
     if spec.label_noise > 0:
-        noisy = noisy_labels(train.labels, train.num_classes, spec.label_noise, spec.noise_kind, spec.seed)
+        confusion = confusion_for(spec.noise_matrix, train.classes) if spec.noise_matrix else None
+        noisy = noisy_labels(train.labels, train.num_classes, spec.label_noise, spec.noise_kind, spec.seed, confusion)
         info["noisy_labels_hash"] = labels_hash(noisy)
         info["actual_noise_rate"] = float((noisy != train.labels).mean())
         clean = train.labels

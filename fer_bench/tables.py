@@ -182,7 +182,8 @@ def _slug(text: str) -> str:
 
 BENCHMARK_KEYS = {"name", "title", "description", "tables"}
 TABLE_KEYS = {"name", "title", "metric", "scale", "rows", "grid", "published", "notes"}
-GRID_KEYS = {"methods", "datasets", "test_datasets", "seeds", "profile", "label_noise", "noise_kind", "set"}
+GRID_KEYS = {"methods", "datasets", "test_datasets", "seeds", "profile", "label_noise", "noise_kind", "noise_matrix",
+             "set"}
 
 
 def load_benchmark(path: str | Path) -> dict[str, Any]:
@@ -227,7 +228,15 @@ def table_specs(table: dict[str, Any], data_root: str | None = None, device: str
     return expand_grid(methods, list(grid.get("datasets", ["synthetic"])), list(grid.get("seeds", [0])),
                        [float(r) for r in grid.get("label_noise", [0.0])], grid.get("profile", "quick"),
                        parse_overrides(sets, methods), device, data_root, grid.get("noise_kind", "symmetric"),
-                       grid.get("test_datasets"))
+                       grid.get("test_datasets"), _noise_matrix(grid.get("noise_matrix")))
+
+
+def _noise_matrix(value: Any) -> dict | None:
+    """A grid's ``noise_matrix``: a CSV path (see ``read_noise_matrix``) or {true: {noisy: weight}}."""
+    from fer_bench.data.noise import read_noise_matrix
+    if value is None or isinstance(value, dict):
+        return value
+    return read_noise_matrix(str(value))
 
 
 def paper_table(table: dict[str, Any], long: pd.DataFrame) -> pd.DataFrame:

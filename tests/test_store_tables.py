@@ -71,3 +71,30 @@ def test_label_noise_rate_and_purity(kind):
     else:  # every other class about equally likely
         counts = np.bincount((noisy - labels)[noisy != labels] % 7, minlength=7)[1:]
         assert counts.min() > 0.8 * counts.mean()
+
+
+def test_asymmetric_noise_matrix_from_csv_follows_the_dataset_class_order(tmp_path):
+    from fer_bench import labels as L
+    from fer_bench.data.noise import confusion_for, noisy_labels, read_noise_matrix
+    path = tmp_path / "m.csv"
+    path.write_text(",Neutral,happy,sad\nhappy,3,0,1\nsad,1,0,0\nneutral,0,0,0\n")
+    matrix = read_noise_matrix(str(path))
+    assert matrix == {"happy": {"neutral": 3.0, "sad": 1.0}, "sad": {"neutral": 1.0}, "neutral": {}}
+    classes = (L.SAD, L.NEUTRAL, L.HAPPY, L.ANGER)   # another order, and a class the matrix does not name
+    m = confusion_for(matrix, classes)
+    assert m.tolist() == [[0, 1, 0, 0], [0, 0, 0, 0], [1, 3, 0, 0], [0, 0, 0, 0]]
+    labels = np.repeat(np.arange(4), 500)
+    noisy = noisy_labels(labels, 4, 0.5, "asymmetric", seed=0, confusion=m)
+    flipped = noisy != labels
+    assert set(zip(labels[flipped], noisy[flipped])) <= {(0, 1), (2, 0), (2, 1)}   # only where the matrix allows
+    assert not flipped[labels == 1].any() and not flipped[labels == 3].any()        # rows without mass keep labels
+    happy = labels == 2
+    assert (noisy[happy & flipped] == 1).mean() == pytest.approx(0.75, abs=0.06)    # 3 : 1 toward neutral
+
+
+def test_noise_matrix_is_part_of_the_cell_id_only_when_given():
+    from fer_bench.runner import expand_grid
+    plain, = expand_grid(["majority"], ["synthetic"], [0], [0.3], "test", {}, "cpu")
+    asym, = expand_grid(["majority"], ["synthetic"], [0], [0.3], "test", {}, "cpu", noise_kind="asymmetric",
+                        noise_matrix={"happy": {"neutral": 1.0}})
+    assert plain.noise_matrix is None and asym.noise_matrix and plain.cell_id != asym.cell_id

@@ -21,6 +21,8 @@ import hashlib
 
 import numpy as np
 
+from fer_bench import labels as L
+
 NOISE_KINDS = ("symmetric", "pairflip", "asymmetric")
 
 
@@ -90,3 +92,34 @@ def transition_matrix(rate: float, num_classes: int, kind: str = "symmetric",
 def labels_hash(labels: np.ndarray) -> str:
     """Short sha256 of a label vector (recorded with results trained on noisy labels)."""
     return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def read_noise_matrix(path: str) -> dict[str, dict[str, float]]:
+    """An asymmetric-noise matrix from a CSV file: a header row and a first column of emotion names
+    (true class = row, noisy class = column), non-negative weights; returned as {true: {noisy: w}}
+    with canonical names, so it applies to any dataset's class order (``confusion_for``)."""
+    import pandas as pd
+    try:
+        frame = pd.read_csv(path, index_col=0)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--noise-matrix {path}: cannot read it as a CSV ({exc}); write a header row and a first "
+                         f"column of emotion names, e.g. ',happy,sad' then 'happy,0,1'.") from None
+    out: dict[str, dict[str, float]] = {}
+    for true, row in frame.iterrows():
+        t = L.NAMES[L.canonical_id(str(true))]
+        out[t] = {L.NAMES[L.canonical_id(str(noisy))]: float(w) for noisy, w in row.items() if float(w) != 0.0}
+        if any(w < 0 for w in out[t].values()):
+            raise ValueError(f"--noise-matrix {path}: row {true!r} has a negative weight; weights must be >= 0.")
+    return out
+
+
+def confusion_for(matrix: dict[str, dict[str, float]], classes: tuple[int, ...]) -> np.ndarray:
+    """The (C, C) confusion weights of ``read_noise_matrix`` in a dataset's class order (absent classes: 0)."""
+    position = {c: i for i, c in enumerate(classes)}
+    out = np.zeros((len(classes), len(classes)))
+    for true, row in matrix.items():
+        for noisy, weight in row.items():
+            i, j = position.get(L.canonical_id(true)), position.get(L.canonical_id(noisy))
+            if i is not None and j is not None:
+                out[i, j] = weight
+    return out
