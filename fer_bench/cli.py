@@ -78,6 +78,48 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
         click.echo(f"  {name:<12} splits: {'/'.join(cls.splits):<16} {card}")
 
 
+RAY_OPTIONS = ("ray_address", "cpus_per_cell", "gpus_per_cell", "cell_retries", "ray_artifacts")
+
+
+def executor_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that choose and size the executor (shared by ``run`` and ``tables``)."""
+    options = [
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: cells one after another here; ray: cells as Ray tasks (pip install 'fer-bench[ray]')."),
+        click.option("--ray-address", default=None, help="[ray] auto or HOST:PORT of a running cluster; none: a local instance."),
+        click.option("--cpus-per-cell", type=float, default=1, show_default=True, help="[ray] CPUs each cell's task asks for."),
+        click.option("--gpus-per-cell", type=float, default=0, show_default=True, help="[ray] GPUs each cell's task asks for."),
+        click.option("--cell-retries", type=int, default=2, show_default=True,
+                     help="[ray] resubmissions of a cell whose worker process or node died."),
+        click.option("--ray-artifacts", type=click.Choice(["auto", "return"]), default="auto", show_default=True,
+                     help="[ray] auto: workers write in the run directory when they see it, else return artifacts; "
+                          "return: always send them back to the driver."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def make_executor(ctx: click.Context, executor: str, plugins: tuple[str, ...], **ray: Any) -> Any:
+    """The chosen executor; a Ray option given with the local executor is a usage error."""
+    from fer_bench.runner import EXECUTORS
+    if executor == "local":
+        for name in RAY_OPTIONS:
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                raise ParameterError(f"--{name.replace('_', '-')} applies to --executor ray only; add --executor ray "
+                                     f"or drop it.")
+        return EXECUTORS["local"](progress=None)
+    return EXECUTORS["ray"](progress=None, address=ray["ray_address"], cpus_per_cell=ray["cpus_per_cell"],
+                            gpus_per_cell=ray["gpus_per_cell"], retries=ray["cell_retries"],
+                            artifacts=ray["ray_artifacts"], plugins=plugins)
+
+
+def interrupted(run_dir: Path) -> None:
+    click.echo(f"fer-bench: interrupted; finished cells are in {run_dir / 'results.sqlite'}: rerun the same "
+               f"command to resume the rest.", err=True)
+    sys.exit(130)
+
+
 @main.command()
 @click.option("--methods", default="baseline", show_default=True, help="Comma-separated method names.")
 @click.option("--dataset", "datasets", multiple=True, default=("synthetic",), show_default=True,
@@ -96,16 +138,7 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
 @click.option("--set", "sets", multiple=True, help="method.param=value (value lists a,b make a grid axis); * for all methods.")
 @click.option("--out", type=click.Path(), default="runs/default", show_default=True, help="Run directory.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: cells one after another here; ray: cells as Ray tasks (pip install 'fer-bench[ray]').")
-@click.option("--ray-address", default=None, help="[ray] auto or HOST:PORT of a running cluster; none: a local instance.")
-@click.option("--cpus-per-cell", type=float, default=1, show_default=True, help="[ray] CPUs each cell's task asks for.")
-@click.option("--gpus-per-cell", type=float, default=0, show_default=True, help="[ray] GPUs each cell's task asks for.")
-@click.option("--cell-retries", type=int, default=2, show_default=True,
-              help="[ray] resubmissions of a cell whose worker process or node died.")
-@click.option("--ray-artifacts", type=click.Choice(["auto", "return"]), default="auto", show_default=True,
-              help="[ray] auto: workers write in the run directory when they see it, else return artifacts; "
-                   "return: always send them back to the driver.")
+@executor_options
 @click.option("--retry-failed", is_flag=True, help="Run failed cells again.")
 @click.option("--tsne", is_flag=True, help="2-D maps of embeddings with t-SNE instead of PCA.")
 @click.option("--plugin", "plugins", multiple=True, type=click.Path(), help="A Python file that registers methods.")
@@ -113,11 +146,11 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
 @one_line_errors
 def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: str | None,
         test_datasets: tuple[str, ...], seeds: str, profile: str, label_noise: str, noise_kind: str,
-        noise_matrix: str | None, sets: tuple[str, ...], out: str, device: str, executor: str, ray_address: str | None, cpus_per_cell: float, gpus_per_cell: float, cell_retries: int, ray_artifacts: str,
-        retry_failed: bool, tsne: bool, plugins: tuple[str, ...]) -> None:
+        noise_matrix: str | None, sets: tuple[str, ...], out: str, device: str, executor: str, retry_failed: bool,
+        tsne: bool, plugins: tuple[str, ...], **ray: Any) -> None:
     """Train and evaluate a grid of methods x datasets x seeds x label-noise rates."""
     from fer_bench.method import resolve_device
-    from fer_bench.runner import EXECUTORS, expand_grid, run_grid
+    from fer_bench.runner import expand_grid, run_grid
     from fer_bench.tables import write_run_outputs
 
     _load_plugins(plugins)
@@ -144,20 +177,12 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
         else:
             click.echo(f"{where}: FAILED: {result.error}")
 
-    options: dict[str, Any] = {"progress": None}
-    if executor == "ray":
-        options.update(address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
-                       retries=cell_retries, artifacts=ray_artifacts, plugins=plugins)
-    else:
-        _refuse_ray_options(ctx)
-    runner = EXECUTORS[executor](**options)
+    runner = make_executor(ctx, executor, plugins, **ray)
     click.echo(f"fer-bench {fer_bench.__version__}: {total} cells -> {run_dir}")
     try:
         outcome = run_grid(specs, run_dir, runner, retry_failed, report)
     except KeyboardInterrupt:
-        click.echo(f"fer-bench: interrupted; finished cells are in {run_dir / 'results.sqlite'}: rerun the same "
-                   f"command to resume the rest.", err=True)
-        sys.exit(130)
+        interrupted(run_dir)
     summary = write_run_outputs(run_dir, specs, tsne=tsne)
     click.echo(summary)
     if outcome["failed"]:
@@ -171,13 +196,6 @@ def _noise_matrix_option(kind: str, path: str | None) -> dict | None:
         raise ParameterError("--noise-kind asymmetric and --noise-matrix FILE go together: asymmetric noise draws "
                              "the wrong class from the matrix's row of the true class.")
     return read_noise_matrix(path) if path is not None else None
-
-
-def _refuse_ray_options(ctx: click.Context) -> None:
-    for name in ("ray_address", "cpus_per_cell", "gpus_per_cell", "cell_retries", "ray_artifacts"):
-        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
-            raise ParameterError(f"--{name.replace('_', '-')} applies to --executor ray only; add --executor ray "
-                                 f"or drop it.")
 
 
 @main.command()
@@ -196,21 +214,28 @@ def plot(run_dir: str, tsne: bool) -> None:
 @click.option("--results", type=click.Path(), default="results", show_default=True, help="Results root folder.")
 @click.option("--data-root", type=click.Path(), default=None, help="Folder of a downloaded dataset.")
 @click.option("--device", default="auto", show_default=True)
+@executor_options
 @click.option("--plugin", "plugins", multiple=True, type=click.Path(), help="A Python file that registers methods.")
+@click.pass_context
 @one_line_errors
-def tables(benchmark: str, no_run: bool, results: str, data_root: str | None, device: str,
-           plugins: tuple[str, ...]) -> None:
+def tables(ctx: click.Context, benchmark: str, no_run: bool, results: str, data_root: str | None, device: str,
+           executor: str, plugins: tuple[str, ...], **ray: Any) -> None:
     """Run a benchmark file's missing cells and write its tables (published | ours | delta)."""
-    from fer_bench.tables import write_paper_tables
+    from fer_bench.tables import load_benchmark, write_paper_tables
 
     _load_plugins(plugins)
+    runner = make_executor(ctx, executor, plugins, **ray)
 
     def report(event, spec, result) -> None:
         status = event if result is None else (result.status if result.status == "done" else f"FAILED: {result.error}")
         click.echo(f"{spec.method} on {spec.dataset_label} seed {spec.seed}: {status}")
 
-    for path in write_paper_tables(benchmark, results, run=not no_run, data_root=data_root, device=device,
-                                   on_event=report):
+    try:
+        written = write_paper_tables(benchmark, results, run=not no_run, data_root=data_root, device=device,
+                                     on_event=report, executor=runner)
+    except KeyboardInterrupt:
+        interrupted(Path(results) / load_benchmark(benchmark)["name"] / "run")
+    for path in written:
         click.echo(f"wrote {path}")
 
 

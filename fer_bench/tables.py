@@ -263,23 +263,21 @@ def paper_table(table: dict[str, Any], long: pd.DataFrame) -> pd.DataFrame:
 
 def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "results", run: bool = True,
                        data_root: str | None = None, device: str = "auto",
-                       on_event=None) -> list[Path]:
+                       on_event=None, executor: Any = None) -> list[Path]:
     """Run the missing cells of a benchmark (unless ``run`` is False) and write its tables.
 
     The benchmark's store lives in ``results/<benchmark>/run/``, so ``--no-run`` can regenerate
-    the tables from a committed store without any training.
+    the tables from a committed store without any training. The cells of all tables form one grid
+    (a cell two tables share runs once) on ``executor`` (default: the local one).
     """
     from fer_bench.runner import LocalExecutor, run_grid
 
     spec = load_benchmark(benchmark_path)
     out_dir = Path(results_root) / spec["name"]
     run_dir = out_dir / "run"
-    all_specs = []
-    for table in spec["tables"]:
-        specs = table_specs(table, data_root, device)
-        all_specs += specs
-        if run:
-            run_grid(specs, run_dir, LocalExecutor(progress=None), on_event=on_event)
+    if run:
+        cells = {s.cell_id: s for table in spec["tables"] for s in table_specs(table, data_root, device)}
+        run_grid(list(cells.values()), run_dir, executor or LocalExecutor(progress=None), on_event=on_event)
     if not (run_dir / "results.sqlite").is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} has no results yet; run 'fer-bench tables {benchmark_path}' "
                                 f"without --no-run first.")
