@@ -289,6 +289,7 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
             csv_path = out_dir / f"{table['name']}.csv"
             _atomic_write(csv_path, frame.to_csv(index=False, float_format="%.4f"))
             shown = frame.drop(columns=["ours_mean", "ours_std", "n"])
+            shown = shown.astype(object).where(shown.notna(), None)  # no published number: "—", not "nan"
             title = f"## {table.get('title', table['name'])}\n\nMetric: {table['metric']} (x{table.get('scale', 100)})\n\n"
             notes = f"\n{table['notes'].strip()}\n" if table.get("notes") else ""
             _atomic_write(csv_path.with_suffix(".md"),
