@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -53,8 +54,13 @@ def _split_list(text: str, cast: Callable[[str], Any], what: str) -> list[Any]:
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
     """fer-bench: a comparative benchmark harness for facial expression recognition."""
+    signal.signal(signal.SIGTERM, _terminate)  # as Ctrl-C: cancel cleanly (Slurm's scancel, kill, timeouts)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 @main.command("list")

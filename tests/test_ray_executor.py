@@ -212,7 +212,8 @@ def test_driver_killed_mid_grid_resumes_with_the_same_command(tmp_path, loopback
             assert store.cell(cell_id)["finished"] == when
 
 
-def test_ctrl_c_cancels_the_outstanding_cells(tmp_path, loopback_cluster):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_cancels_the_outstanding_cells(tmp_path, loopback_cluster, signum):
     plugin = tmp_path / "sleepy.py"
     plugin.write_text(SLEEPY_PLUGIN.replace("time.sleep(6)", "time.sleep(60)"))
     out = tmp_path / "run"
@@ -223,7 +224,7 @@ def test_ctrl_c_cancels_the_outstanding_cells(tmp_path, loopback_cluster):
         logs = _wait_for(lambda: list(out.glob(f"{CELLS_DIR}/*/{ATTEMPTS_FILE}")), proc, "the cell to start")
         time.sleep(1)
         worker = json.loads(logs[0].read_text().splitlines()[0])["pid"]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
