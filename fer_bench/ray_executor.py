@@ -30,8 +30,10 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -187,6 +189,7 @@ class RayExecutor:
                                       log_to_driver=True, configure_logging=False)
         if self.address is None:
             kwargs.update(num_cpus=self.num_cpus, include_dashboard=False)
+        previous = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(address=self.address, **kwargs)
         except (ConnectionError, getattr(ray.exceptions, "AuthenticationError", ConnectionError)) as exc:
@@ -194,6 +197,8 @@ class RayExecutor:
                                   f"({str(exc).splitlines()[0]}); start one with 'ray start --head', and if it uses "
                                   f"token authentication export RAY_AUTH_MODE=token with its token in "
                                   f"~/.ray/auth_token; or drop --ray-address for a local instance.") from None
+        if callable(previous) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)  # ray.init installs its own (exit 1); keep the caller's
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus and not self.gpus_per_cell:
             log.warning("the cluster has %g GPU(s) but --gpus-per-cell is 0: cells will run on CPU", gpus)
