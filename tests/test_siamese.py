@@ -120,3 +120,24 @@ def test_bad_combinations_are_rejected():
         cls(**{**base, "same_fraction": 0.5}).fit(toy_dataset())
     with pytest.raises(ParameterError, match="pairs"):
         cls(**{**base, "pairs": "triplets"})
+
+
+def test_batchnorm_trunk_keeps_scale_and_shift_frozen_in_stage_one():
+    cls = get_method("siamese")
+    m = cls(**{**cls.resolve_params("test"), "device": "cpu", "epochs": 1, "freeze_epochs": 1})
+    torch.manual_seed(0)
+    fresh = m.build(3)
+    norms = [layer for layer in fresh.trunk if isinstance(layer, torch.nn.BatchNorm2d)]
+    assert len(norms) == 3                                                   # one per convolution
+    m.fit(toy_dataset())
+    trained = [layer for layer in m.model_.trunk if isinstance(layer, torch.nn.BatchNorm2d)]
+    for before, after in zip(norms, trained):
+        assert torch.equal(before.weight, after.weight) and torch.equal(before.bias, after.bias)
+        assert not torch.equal(before.running_mean, after.running_mean)   # statistics still follow the data
+
+
+def test_batchnorm_is_refused_on_the_alexnet_trunk():
+    cls = get_method("siamese")
+    m = cls(**{**cls.resolve_params("test"), "device": "cpu", "trunk": "alexnet3", "batchnorm": True})
+    with pytest.raises(ParameterError, match="batchnorm"):
+        m.build(3)
