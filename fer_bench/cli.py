@@ -145,6 +145,8 @@ def interrupted(run_dir: Path) -> None:
 @click.option("--out", type=click.Path(), default="runs/default", show_default=True, help="Run directory.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
 @executor_options
+@click.option("--reuse", "reuse", multiple=True, type=click.Path(),
+              help="Another run directory: its finished cells with the same id are copied in, not run again; repeatable.")
 @click.option("--retry-failed", is_flag=True, help="Run failed cells again.")
 @click.option("--tsne", is_flag=True, help="2-D maps of embeddings with t-SNE instead of PCA.")
 @click.option("--plugin", "plugins", multiple=True, type=click.Path(), help="A Python file that registers methods.")
@@ -152,11 +154,11 @@ def interrupted(run_dir: Path) -> None:
 @one_line_errors
 def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: str | None,
         test_datasets: tuple[str, ...], seeds: str, profile: str, label_noise: str, noise_kind: str,
-        noise_matrix: str | None, sets: tuple[str, ...], out: str, device: str, executor: str, retry_failed: bool,
-        tsne: bool, plugins: tuple[str, ...], **ray: Any) -> None:
+        noise_matrix: str | None, sets: tuple[str, ...], out: str, device: str, executor: str, reuse: tuple[str, ...],
+        retry_failed: bool, tsne: bool, plugins: tuple[str, ...], **ray: Any) -> None:
     """Train and evaluate a grid of methods x datasets x seeds x label-noise rates."""
     from fer_bench.method import resolve_device
-    from fer_bench.runner import expand_grid, run_grid
+    from fer_bench.runner import check_reuse_dirs, expand_grid, run_grid
     from fer_bench.tables import write_run_outputs
 
     _load_plugins(plugins)
@@ -170,6 +172,7 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
                         _split_list(label_noise, float, "label-noise"), profile, overrides, device, data_root, noise_kind,
                         list(test_datasets) or None, matrix)
     run_dir = Path(out)
+    reuse_dirs = check_reuse_dirs(list(reuse))
     total = len(specs)
     counter = {"i": 0}
 
@@ -186,7 +189,7 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
     runner = make_executor(ctx, executor, plugins, **ray)
     click.echo(f"fer-bench {fer_bench.__version__}: {total} cells -> {run_dir}")
     try:
-        outcome = run_grid(specs, run_dir, runner, retry_failed, report)
+        outcome = run_grid(specs, run_dir, runner, retry_failed, report, reuse=reuse_dirs)
     except KeyboardInterrupt:
         interrupted(run_dir)
     summary = write_run_outputs(run_dir, specs, tsne=tsne)
@@ -221,15 +224,19 @@ def plot(run_dir: str, tsne: bool) -> None:
 @click.option("--data-root", type=click.Path(), default=None, help="Folder of a downloaded dataset.")
 @click.option("--device", default="auto", show_default=True)
 @executor_options
+@click.option("--reuse", "reuse", multiple=True, type=click.Path(),
+              help="Another run directory: its finished cells with the same id are copied in, not run again; repeatable.")
 @click.option("--plugin", "plugins", multiple=True, type=click.Path(), help="A Python file that registers methods.")
 @click.pass_context
 @one_line_errors
 def tables(ctx: click.Context, benchmark: str, no_run: bool, results: str, data_root: str | None, device: str,
-           executor: str, plugins: tuple[str, ...], **ray: Any) -> None:
+           executor: str, reuse: tuple[str, ...], plugins: tuple[str, ...], **ray: Any) -> None:
     """Run a benchmark file's missing cells and write its tables (published | ours | delta)."""
+    from fer_bench.runner import check_reuse_dirs
     from fer_bench.tables import load_benchmark, write_paper_tables
 
     _load_plugins(plugins)
+    reuse_dirs = check_reuse_dirs(list(reuse))
     runner = make_executor(ctx, executor, plugins, **ray)
 
     def report(event, spec, result) -> None:
@@ -238,7 +245,7 @@ def tables(ctx: click.Context, benchmark: str, no_run: bool, results: str, data_
 
     try:
         written = write_paper_tables(benchmark, results, run=not no_run, data_root=data_root, device=device,
-                                     on_event=report, executor=runner)
+                                     on_event=report, executor=runner, reuse=reuse_dirs)
     except KeyboardInterrupt:
         interrupted(Path(results) / load_benchmark(benchmark)["name"] / "run")
     for path in written:

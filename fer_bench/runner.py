@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import logging
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -30,7 +31,7 @@ from fer_bench.data.decode import dataset_record
 from fer_bench.data.noise import confusion_for, labels_hash, noisy_labels
 from fer_bench.method import Method, ParameterError, TorchMethod
 from fer_bench.registry import get_method
-from fer_bench.store import Store
+from fer_bench.store import STORE_NAME, Store
 
 log = logging.getLogger(__name__)
 
@@ -308,16 +309,57 @@ def _ray_executor(**kwargs: Any) -> Executor:
 EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": _ray_executor}
 
 
+def check_reuse_dirs(reuse: list[str | Path]) -> list[Path]:
+    """The run directories named by ``--reuse``: each must hold a results store."""
+    dirs = [Path(d) for d in reuse]
+    for d in dirs:
+        if not (d / STORE_NAME).is_file():
+            raise FileNotFoundError(f"--reuse {str(d)!r} has no {STORE_NAME}; name a run directory (the folder "
+                                    f"that 'fer-bench run --out' or 'fer-bench tables' wrote).")
+    return dirs
+
+
+def import_finished_cells(specs: list[CellSpec], store: Store, run_dir: Path, reuse: list[Path]) -> dict[str, Path]:
+    """Import the cells of ``specs`` that are not finished here but finished in one of the ``reuse`` run
+    directories (same cell id = same resolved configuration): store rows, metrics and, when present, the
+    cell folder with its artifacts. Returns {cell id: the run directory it came from}."""
+    imported: dict[str, Path] = {}
+    for source_dir in reuse:
+        if source_dir.resolve() == run_dir.resolve():
+            continue
+        with Store(source_dir / STORE_NAME) as source:
+            for spec in specs:
+                if spec.cell_id in imported or store.status(spec.cell_id) == "done":
+                    continue
+                if source.status(spec.cell_id) != "done":
+                    continue
+                folder = source_dir / CELLS_DIR / spec.cell_id
+                if folder.is_dir():
+                    shutil.copytree(folder, run_dir / CELLS_DIR / spec.cell_id, dirs_exist_ok=True)
+                store.import_cell(source, spec.cell_id, spec.to_json(), str(source_dir))
+                imported[spec.cell_id] = source_dir
+    return imported
+
+
 def run_grid(specs: list[CellSpec], run_dir: str | Path, executor: Executor, retry_failed: bool = False,
-             on_event: Callable[[str, CellSpec, CellResult | None], None] | None = None) -> dict[str, list[str]]:
-    """Run the pending cells of ``specs``; returns the cell ids by outcome (done, failed, skipped)."""
+             on_event: Callable[[str, CellSpec, CellResult | None], None] | None = None,
+             reuse: list[Path] = ()) -> dict[str, list[str]]:
+    """Run the pending cells of ``specs``; returns the cell ids by outcome (done, failed, imported, skipped).
+
+    ``reuse``: other run directories whose finished cells with the same id are imported instead of run.
+    """
     run_dir = Path(run_dir)
-    outcome: dict[str, list[str]] = {"done": [], "failed": [], "skipped": []}
-    with Store(run_dir / "results.sqlite") as store:
+    outcome: dict[str, list[str]] = {"done": [], "failed": [], "imported": [], "skipped": []}
+    with Store(run_dir / STORE_NAME) as store:
+        imported = import_finished_cells(specs, store, run_dir, list(reuse))
         pending = []
         for spec in specs:
             status = store.status(spec.cell_id)
-            if status == "done" or (status == "failed" and not retry_failed):
+            if spec.cell_id in imported:
+                outcome["imported"].append(spec.cell_id)
+                if on_event:
+                    on_event(f"import (from {imported[spec.cell_id]})", spec, None)
+            elif status == "done" or (status == "failed" and not retry_failed):
                 outcome["skipped"].append(spec.cell_id)
                 if on_event:
                     on_event(f"skip ({status})", spec, None)

@@ -103,6 +103,29 @@ class Store:
             "seconds=excluded.seconds, host=excluded.host",
             (cell_id, spec_json, error, traceback, time.time(), seconds, host or socket.gethostname()))])
 
+    def import_cell(self, source: "Store", cell_id: str, spec_json: str, origin: str) -> None:
+        """Copy a finished cell (its row, metrics and artifact paths) from another run directory's store.
+
+        Cell ids hash the full configuration, so a finished cell with the same id elsewhere is this cell's
+        result; ``origin`` (that run directory) is recorded in the cell's info as ``imported_from``.
+        """
+        cell = source.cell(cell_id)
+        if cell is None or cell["status"] != "done":
+            raise ValueError(f"cell {cell_id} is not finished in {source.path}; only finished cells can be imported.")
+        info = {**cell["info"], "imported_from": origin}
+        statements: list[tuple[str, tuple]] = [
+            ("INSERT OR REPLACE INTO cells (id, spec, status, started, finished, seconds, host, info) "
+             "VALUES (?, ?, 'done', ?, ?, ?, ?, ?)",
+             (cell_id, spec_json, cell["started"], cell["finished"], cell["seconds"],
+              cell["host"], json.dumps(info, default=str))),
+            ("DELETE FROM metrics WHERE cell_id = ?", (cell_id,)),
+            ("DELETE FROM artifacts WHERE cell_id = ?", (cell_id,)),
+        ]
+        statements += [("INSERT INTO metrics VALUES (?, ?, ?)", (cell_id, k, v)) for k, v in source.metrics(cell_id).items()]
+        statements += [("INSERT INTO artifacts VALUES (?, ?, ?)", (cell_id, k, v))
+                       for k, v in source.artifacts(cell_id).items()]
+        self._transaction(statements)
+
     # -- reading -------------------------------------------------------------------------------------
     def status(self, cell_id: str) -> str | None:
         row = self._db.execute("SELECT status FROM cells WHERE id = ?", (cell_id,)).fetchone()

@@ -180,7 +180,7 @@ def _slug(text: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # Paper tables from benchmark files
 
-BENCHMARK_KEYS = {"name", "title", "description", "tables"}
+BENCHMARK_KEYS = {"name", "title", "description", "reuse", "tables"}
 TABLE_KEYS = {"name", "title", "metric", "scale", "rows", "grid", "published", "notes"}
 GRID_KEYS = {"methods", "datasets", "test_datasets", "seeds", "profile", "label_noise", "noise_kind", "noise_matrix",
              "set"}
@@ -199,10 +199,13 @@ def load_benchmark(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path.name} declares no tables; add a 'tables:' list.")
     for table in spec["tables"]:
         _check_keys(table, TABLE_KEYS, f"{path.name} table {table.get('name')!r}")
-        _check_keys(table.get("grid", {}), GRID_KEYS, f"{path.name} table {table.get('name')!r} grid")
         for key in ("name", "metric", "grid"):
             if key not in table:
                 raise ValueError(f"{path.name}: a table has no {key!r}; every table needs name, metric and grid.")
+        for grid in _grids(table):
+            _check_keys(grid, GRID_KEYS, f"{path.name} table {table.get('name')!r} grid")
+            if "methods" not in grid:
+                raise ValueError(f"{path.name} table {table['name']!r}: a grid has no 'methods' list.")
         for entry in table.get("published", []) or []:
             if "source" not in entry or "value" not in entry:
                 raise ValueError(f"{path.name} table {table['name']!r}: every published number needs 'value' and "
@@ -217,12 +220,21 @@ def _check_keys(mapping: dict, allowed: set[str], where: str) -> None:
         raise ValueError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}.")
 
 
+def _grids(table: dict[str, Any]) -> list[dict[str, Any]]:
+    """A table's ``grid``: one mapping, or a list of them (the table covers their union)."""
+    grid = table.get("grid") or {}
+    return list(grid) if isinstance(grid, list) else [grid]
+
+
 def table_specs(table: dict[str, Any], data_root: str | None = None, device: str = "auto") -> list:
-    """The CellSpecs of one benchmark table's grid."""
+    """The CellSpecs of one benchmark table's grid (or grids)."""
+    return [spec for grid in _grids(table) for spec in _grid_specs(grid, data_root, device)]
+
+
+def _grid_specs(grid: dict[str, Any], data_root: str | None, device: str) -> list:
     from fer_bench.method import parse_overrides
     from fer_bench.runner import expand_grid
 
-    grid = table["grid"]
     methods = list(grid["methods"])
     sets = [f"{k}={v}" for k, v in (grid.get("set") or {}).items()]
     return expand_grid(methods, list(grid.get("datasets", ["synthetic"])), list(grid.get("seeds", [0])),
@@ -263,12 +275,14 @@ def paper_table(table: dict[str, Any], long: pd.DataFrame) -> pd.DataFrame:
 
 def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "results", run: bool = True,
                        data_root: str | None = None, device: str = "auto",
-                       on_event=None, executor: Any = None) -> list[Path]:
+                       on_event=None, executor: Any = None, reuse: list[Path] = ()) -> list[Path]:
     """Run the missing cells of a benchmark (unless ``run`` is False) and write its tables.
 
     The benchmark's store lives in ``results/<benchmark>/run/``, so ``--no-run`` can regenerate
     the tables from a committed store without any training. The cells of all tables form one grid
-    (a cell two tables share runs once) on ``executor`` (default: the local one).
+    (a cell two tables share runs once) on ``executor`` (default: the local one). Cells finished in
+    the run directories of ``reuse`` or of the file's ``reuse:`` list (relative to ``results_root``;
+    ones that do not exist are passed over) are imported, not run again.
     """
     from fer_bench.runner import LocalExecutor, run_grid
 
@@ -277,7 +291,10 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
     run_dir = out_dir / "run"
     if run:
         cells = {s.cell_id: s for table in spec["tables"] for s in table_specs(table, data_root, device)}
-        run_grid(list(cells.values()), run_dir, executor or LocalExecutor(progress=None), on_event=on_event)
+        declared = [Path(results_root) / d for d in spec.get("reuse") or []]
+        sources = [*reuse, *(d for d in declared if (d / "results.sqlite").is_file())]
+        run_grid(list(cells.values()), run_dir, executor or LocalExecutor(progress=None), on_event=on_event,
+                 reuse=sources)
     if not (run_dir / "results.sqlite").is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} has no results yet; run 'fer-bench tables {benchmark_path}' "
                                 f"without --no-run first.")

@@ -168,3 +168,37 @@ tables:
     again = fer_bench("tables", str(bench), "--results", str(results), "--no-run")
     assert ": done" not in again.stdout
     assert (results / "tiny" / "accuracy.csv").read_bytes() == csv
+
+
+def test_tables_import_finished_cells_of_reused_run_directories_and_grids_may_be_lists(tmp_path):
+    results = tmp_path / "results"
+    fer_bench("run", "--methods", "majority", "--seeds", "0,1", "--profile", "test", "--dataset", TINY,
+              "--out", str(results / "earlier"), "--device", "cpu")
+    bench = tmp_path / "reuse.yaml"
+    bench.write_text(f"""
+name: reuse
+reuse: [earlier, not-there]
+tables:
+  - name: accuracy
+    metric: accuracy
+    rows: [method]
+    grid:
+      - {{methods: [majority], datasets: ["{TINY}"], seeds: [0, 1], profile: test}}
+      - {{methods: [majority], datasets: ["{TINY}"], seeds: [2], profile: test}}
+""")
+    out = fer_bench("tables", str(bench), "--results", str(results), "--device", "cpu").stdout
+    assert out.count("import (from") == 2 and out.count(": done") == 1      # seed 2 trained, 0 and 1 copied
+    run = results / "reuse" / "run"
+    with sqlite3.connect(run / "results.sqlite") as db, sqlite3.connect(results / "earlier" / "results.sqlite") as old:
+        rows = db.execute("SELECT id, info FROM cells WHERE status='done'").fetchall()
+        imported = {cid for cid, info in rows if json.loads(info).get("imported_from", "").endswith("earlier")}
+        assert len(rows) == 3 and len(imported) == 2
+        for cid in imported:
+            query = "SELECT name, value FROM metrics WHERE cell_id=? ORDER BY name"
+            assert db.execute(query, (cid,)).fetchall() == old.execute(query, (cid,)).fetchall()
+            assert (run / "cells" / cid / "test_pred.npy").is_file()             # artifacts came along
+    assert pd.read_csv(results / "reuse" / "accuracy.csv").loc[0, "n"] == 3
+    again = fer_bench("run", "--methods", "majority", "--seeds", "0", "--profile", "test", "--dataset", TINY,
+                      "--out", str(tmp_path / "x"), "--reuse", str(tmp_path / "missing"), check=False)
+    assert again.returncode != 0 and "--reuse" in again.stderr and "results.sqlite" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
