@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -180,7 +181,7 @@ def _slug(text: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # Paper tables from benchmark files
 
-BENCHMARK_KEYS = {"name", "title", "description", "reuse", "tables"}
+BENCHMARK_KEYS = {"name", "title", "description", "reuse", "figures", "tables"}
 TABLE_KEYS = {"name", "title", "metric", "scale", "rows", "grid", "published", "notes"}
 GRID_KEYS = {"methods", "datasets", "test_datasets", "seeds", "profile", "label_noise", "noise_kind", "noise_matrix",
              "set"}
@@ -300,6 +301,9 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
                                 f"without --no-run first.")
     written = []
     with Store(run_dir / "results.sqlite") as store:
+        if spec.get("figures"):
+            specs = [s for table in spec["tables"] for s in table_specs(table, data_root, device)]
+            written += copy_cell_figures(store, run_dir, out_dir / "figures", specs, set(spec["figures"]))
         for table in spec["tables"]:
             long = store.metrics_frame([s.cell_id for s in table_specs(table, data_root, device)])
             frame = paper_table(table, long)
@@ -314,3 +318,21 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
                                            floatfmt=".2f", missingval="—") + "\n" + notes)
             written += [csv_path, csv_path.with_suffix(".md")]
     return written
+
+
+def copy_cell_figures(store: Store, run_dir: Path, dest: Path, specs: list, methods: set[str]) -> list[Path]:
+    """Copy the method-specific figures (``extra/*.png`` artifacts) of the finished cells of ``methods``
+    into ``dest`` as ``<figure>_<dataset>_seed<k>.png``: cell folders are not committed, these copies are.
+    A cell whose folder is absent (a committed store on a fresh checkout) keeps the copies already there."""
+    copied = []
+    for spec in {s.cell_id: s for s in specs if s.method in methods}.values():
+        if store.status(spec.cell_id) != "done":
+            continue
+        for name, rel in store.artifacts(spec.cell_id).items():
+            source = run_dir / rel
+            if name.startswith("extra/") and source.suffix == ".png" and source.is_file():
+                dest.mkdir(parents=True, exist_ok=True)
+                target = dest / f"{source.stem}_{_slug(spec.dataset_label)}_seed{spec.seed}.png"
+                shutil.copyfile(source, target)
+                copied.append(target)
+    return copied

@@ -98,3 +98,23 @@ def test_noise_matrix_is_part_of_the_cell_id_only_when_given():
     asym, = expand_grid(["majority"], ["synthetic"], [0], [0.3], "test", {}, "cpu", noise_kind="asymmetric",
                         noise_matrix={"happy": {"neutral": 1.0}})
     assert plain.noise_matrix is None and asym.noise_matrix and plain.cell_id != asym.cell_id
+
+
+def test_copy_cell_figures_names_them_by_figure_dataset_and_seed(tmp_path):
+    from types import SimpleNamespace
+
+    from fer_bench.tables import copy_cell_figures
+    run = tmp_path / "run"
+    (run / "cells" / "a" / "extra").mkdir(parents=True)
+    (run / "cells" / "a" / "extra" / "snap.png").write_bytes(b"png")
+    (run / "cells" / "a" / "extra" / "snap.npz").write_bytes(b"npz")
+    specs = [SimpleNamespace(cell_id="a", method="siamese", dataset_label="synthetic:classes=6", seed=2),
+             SimpleNamespace(cell_id="b", method="siamese", dataset_label="synthetic", seed=0),    # not finished
+             SimpleNamespace(cell_id="c", method="baseline", dataset_label="synthetic", seed=0)]   # not asked for
+    with Store(run / "results.sqlite") as store:
+        for cid in ("a", "c"):
+            store.record_done(cid, "{}", {}, {"extra/snap.png": f"cells/{cid}/extra/snap.png",
+                                              "extra/snap.npz": f"cells/{cid}/extra/snap.npz"}, 1.0, {})
+        copied = copy_cell_figures(store, run, tmp_path / "figures", specs, {"siamese"})
+    assert [p.name for p in copied] == ["snap_synthetic-classes-6_seed2.png"]
+    assert copied[0].read_bytes() == b"png"
