@@ -321,13 +321,16 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
 
 
 def copy_cell_figures(store: Store, run_dir: Path, dest: Path, specs: list, methods: set[str]) -> list[Path]:
-    """Copy the method-specific figures (``extra/*.png`` artifacts) of the finished cells of ``methods``
-    into ``dest`` as ``<figure>_<dataset>_seed<k>.png``: cell folders are not committed, these copies are.
-    A cell whose folder is absent (a committed store on a fresh checkout) keeps the copies already there."""
+    """Copy the method-specific figures (``extra/*.png`` artifacts) of ``methods`` into ``dest`` as
+    ``<figure>_<dataset>_seed<k>.png``, from the finished cell with the smallest seed of each grid point
+    (as the run plots do: one figure per point, not per seed). Cell folders are not committed, these
+    copies are; a cell whose folder is absent (a committed store on a fresh checkout) keeps the copies there."""
+    first: dict[tuple, Any] = {}
+    for spec in sorted((s for s in specs if s.method in methods and store.status(s.cell_id) == "done"),
+                       key=lambda s: s.seed):
+        first.setdefault((spec.method, spec.dataset_label, spec.label_noise, spec.overrides_label), spec)
     copied = []
-    for spec in {s.cell_id: s for s in specs if s.method in methods}.values():
-        if store.status(spec.cell_id) != "done":
-            continue
+    for spec in first.values():
         for name, rel in store.artifacts(spec.cell_id).items():
             source = run_dir / rel
             if name.startswith("extra/") and source.suffix == ".png" and source.is_file():

@@ -193,7 +193,7 @@ class Siamese(TorchMethod):
         # Q4 no frozen stage: frozen random convolutions carry almost no class information (a cross-entropy
         #    probe on them: 22 % after 12 epochs, chance 16.7 %), so stage 1 only costs epochs.
         # Q5 30 epochs of 7,000 images: the clusters split in stages (Surprise and Anger first, Happy / Sad
-        #    last, after ~25 epochs); 65 % test accuracy at 30 epochs (53 % at 15), about 5 minutes on one core.
+        #    last, after ~25 epochs); 65 % test accuracy at 30 epochs (53 % at 15), 8-9 minutes on one core.
         "quick": {"trunk": "small3", "trunk_width": 32, "batchnorm": True, "fc4": 512, "fc5": 128, "image_size": 48,
                   "epochs": 30, "freeze_epochs": 0, "batch_size": 128, "optimizer": "adam", "lr": 3e-4,
                   "dropout": 0.0, "scheduler": "none", "augment": "light", "snapshots": 4},

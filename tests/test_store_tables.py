@@ -100,21 +100,25 @@ def test_noise_matrix_is_part_of_the_cell_id_only_when_given():
     assert plain.noise_matrix is None and asym.noise_matrix and plain.cell_id != asym.cell_id
 
 
-def test_copy_cell_figures_names_them_by_figure_dataset_and_seed(tmp_path):
+def test_copy_cell_figures_takes_the_smallest_seed_of_each_grid_point(tmp_path):
     from types import SimpleNamespace
 
     from fer_bench.tables import copy_cell_figures
     run = tmp_path / "run"
-    (run / "cells" / "a" / "extra").mkdir(parents=True)
-    (run / "cells" / "a" / "extra" / "snap.png").write_bytes(b"png")
-    (run / "cells" / "a" / "extra" / "snap.npz").write_bytes(b"npz")
-    specs = [SimpleNamespace(cell_id="a", method="siamese", dataset_label="synthetic:classes=6", seed=2),
-             SimpleNamespace(cell_id="b", method="siamese", dataset_label="synthetic", seed=0),    # not finished
-             SimpleNamespace(cell_id="c", method="baseline", dataset_label="synthetic", seed=0)]   # not asked for
+
+    def spec(cid, method, dataset, seed):
+        return SimpleNamespace(cell_id=cid, method=method, dataset_label=dataset, seed=seed, label_noise=0.0,
+                               overrides_label="")
+    specs = [spec("a", "siamese", "synthetic:classes=6", 2), spec("d", "siamese", "synthetic:classes=6", 1),
+             spec("b", "siamese", "synthetic", 0),        # not finished
+             spec("c", "baseline", "synthetic", 0)]       # not asked for
     with Store(run / "results.sqlite") as store:
-        for cid in ("a", "c"):
+        for cid in ("a", "c", "d"):
+            (run / "cells" / cid / "extra").mkdir(parents=True)
+            (run / "cells" / cid / "extra" / "snap.png").write_bytes(cid.encode())
+            (run / "cells" / cid / "extra" / "snap.npz").write_bytes(b"npz")
             store.record_done(cid, "{}", {}, {"extra/snap.png": f"cells/{cid}/extra/snap.png",
                                               "extra/snap.npz": f"cells/{cid}/extra/snap.npz"}, 1.0, {})
         copied = copy_cell_figures(store, run, tmp_path / "figures", specs, {"siamese"})
-    assert [p.name for p in copied] == ["snap_synthetic-classes-6_seed2.png"]
-    assert copied[0].read_bytes() == b"png"
+    assert [p.name for p in copied] == ["snap_synthetic-classes-6_seed1.png"]
+    assert copied[0].read_bytes() == b"d"
