@@ -106,6 +106,11 @@ def executor_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+reuse_option = click.option(
+    "--reuse", "reuse", multiple=True, type=click.Path(),
+    help="Another run directory: its finished cells with the same id are copied in, not run again; repeatable.")
+
+
 def make_executor(ctx: click.Context, executor: str, plugins: tuple[str, ...], **ray: Any) -> Any:
     """The chosen executor; a Ray option given with the local executor is a usage error."""
     from fer_bench.runner import EXECUTORS
@@ -145,8 +150,7 @@ def interrupted(run_dir: Path) -> None:
 @click.option("--out", type=click.Path(), default="runs/default", show_default=True, help="Run directory.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
 @executor_options
-@click.option("--reuse", "reuse", multiple=True, type=click.Path(),
-              help="Another run directory: its finished cells with the same id are copied in, not run again; repeatable.")
+@reuse_option
 @click.option("--retry-failed", is_flag=True, help="Run failed cells again.")
 @click.option("--tsne", is_flag=True, help="2-D maps of embeddings with t-SNE instead of PCA.")
 @click.option("--plugin", "plugins", multiple=True, type=click.Path(), help="A Python file that registers methods.")
@@ -224,8 +228,7 @@ def plot(run_dir: str, tsne: bool) -> None:
 @click.option("--data-root", type=click.Path(), default=None, help="Folder of a downloaded dataset.")
 @click.option("--device", default="auto", show_default=True)
 @executor_options
-@click.option("--reuse", "reuse", multiple=True, type=click.Path(),
-              help="Another run directory: its finished cells with the same id are copied in, not run again; repeatable.")
+@reuse_option
 @click.option("--plugin", "plugins", multiple=True, type=click.Path(), help="A Python file that registers methods.")
 @click.pass_context
 @one_line_errors

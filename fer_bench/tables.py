@@ -25,7 +25,7 @@ from tabulate import tabulate
 
 import fer_bench
 from fer_bench import labels as L
-from fer_bench.store import Store
+from fer_bench.store import STORE_NAME, Store
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = Fal
     ``specs``: the cells of the current grid (None: every cell in the store).
     """
     run_dir = Path(run_dir)
-    store_path = run_dir / "results.sqlite"
+    store_path = run_dir / STORE_NAME
     if not store_path.is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} has no results.sqlite; pass a folder written by 'fer-bench run'.")
     ids = None if specs is None else [s.cell_id for s in specs]
@@ -125,6 +125,16 @@ def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = Fal
     return text
 
 
+def first_seed_per_point(cells: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    """The finished cell with the smallest seed of each grid point (method, dataset, noise, overrides):
+    figures show one cell per point, not one per seed."""
+    first: dict[tuple, dict[str, Any]] = {}
+    for cell in sorted((c for c in cells if c["status"] == "done"), key=lambda c: c["spec"]["seed"]):
+        spec = cell["spec"]
+        first.setdefault((spec["method"], spec["dataset_label"], spec["label_noise"], spec["overrides_label"]), cell)
+    return first
+
+
 def write_run_plots(run_dir: Path, cells: list[dict[str, Any]], artifacts: dict[str, dict[str, str]],
                     long: pd.DataFrame, tsne: bool = False) -> None:
     """Confusion matrices, Recall@K / Acc@K curves, 2-D embedding maps and per-class recall bars.
@@ -136,10 +146,7 @@ def write_run_plots(run_dir: Path, cells: list[dict[str, Any]], artifacts: dict[
 
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
-    first: dict[tuple, dict[str, Any]] = {}
-    for cell in sorted((c for c in cells if c["status"] == "done"), key=lambda c: c["spec"]["seed"]):
-        spec = cell["spec"]
-        first.setdefault((spec["method"], spec["dataset_label"], spec["label_noise"], spec["overrides_label"]), cell)
+    first = first_seed_per_point(cells)
     recalls: dict[str, dict[str, np.ndarray]] = {}
     for key, cell in first.items():
         label = "_".join(_slug(str(k)) for k in key if str(k) not in ("", "0.0"))
@@ -290,22 +297,23 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
     spec = load_benchmark(benchmark_path)
     out_dir = Path(results_root) / spec["name"]
     run_dir = out_dir / "run"
+    per_table = [(table, table_specs(table, data_root, device)) for table in spec["tables"]]
     if run:
-        cells = {s.cell_id: s for table in spec["tables"] for s in table_specs(table, data_root, device)}
+        cells = {s.cell_id: s for _, specs in per_table for s in specs}
         declared = [Path(results_root) / d for d in spec.get("reuse") or []]
-        sources = [*reuse, *(d for d in declared if (d / "results.sqlite").is_file())]
+        sources = [*reuse, *(d for d in declared if (d / STORE_NAME).is_file())]
         run_grid(list(cells.values()), run_dir, executor or LocalExecutor(progress=None), on_event=on_event,
                  reuse=sources)
-    if not (run_dir / "results.sqlite").is_file():
+    if not (run_dir / STORE_NAME).is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} has no results yet; run 'fer-bench tables {benchmark_path}' "
                                 f"without --no-run first.")
     written = []
-    with Store(run_dir / "results.sqlite") as store:
+    with Store(run_dir / STORE_NAME) as store:
         if spec.get("figures"):
-            specs = [s for table in spec["tables"] for s in table_specs(table, data_root, device)]
-            written += copy_cell_figures(store, run_dir, out_dir / "figures", specs, set(spec["figures"]))
-        for table in spec["tables"]:
-            long = store.metrics_frame([s.cell_id for s in table_specs(table, data_root, device)])
+            ids = [s.cell_id for _, specs in per_table for s in specs]
+            written += copy_cell_figures(store, run_dir, out_dir / "figures", ids, set(spec["figures"]))
+        for table, specs in per_table:
+            long = store.metrics_frame([s.cell_id for s in specs])
             frame = paper_table(table, long)
             csv_path = out_dir / f"{table['name']}.csv"
             _atomic_write(csv_path, frame.to_csv(index=False, float_format="%.4f"))
@@ -320,22 +328,19 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
     return written
 
 
-def copy_cell_figures(store: Store, run_dir: Path, dest: Path, specs: list, methods: set[str]) -> list[Path]:
-    """Copy the method-specific figures (``extra/*.png`` artifacts) of ``methods`` into ``dest`` as
-    ``<figure>_<dataset>_seed<k>.png``, from the finished cell with the smallest seed of each grid point
-    (as the run plots do: one figure per point, not per seed). Cell folders are not committed, these
-    copies are; a cell whose folder is absent (a committed store on a fresh checkout) keeps the copies there."""
-    first: dict[tuple, Any] = {}
-    for spec in sorted((s for s in specs if s.method in methods and store.status(s.cell_id) == "done"),
-                       key=lambda s: s.seed):
-        first.setdefault((spec.method, spec.dataset_label, spec.label_noise, spec.overrides_label), spec)
+def copy_cell_figures(store: Store, run_dir: Path, dest: Path, ids: list[str], methods: set[str]) -> list[Path]:
+    """Copy the method-specific figures (``extra/*.png`` artifacts) of ``methods`` among the cells ``ids`` into
+    ``dest`` as ``<figure>_<dataset>_seed<k>.png``, one cell per grid point (``first_seed_per_point``). Cell
+    folders are not committed, these copies are; a cell whose folder is absent (a committed store on a fresh
+    checkout) keeps the copies already there."""
+    cells = [c for c in store.cells(ids) if c["spec"]["method"] in methods]
     copied = []
-    for spec in first.values():
-        for name, rel in store.artifacts(spec.cell_id).items():
+    for cell in first_seed_per_point(cells).values():
+        for name, rel in store.artifacts(cell["id"]).items():
             source = run_dir / rel
             if name.startswith("extra/") and source.suffix == ".png" and source.is_file():
                 dest.mkdir(parents=True, exist_ok=True)
-                target = dest / f"{source.stem}_{_slug(spec.dataset_label)}_seed{spec.seed}.png"
+                target = dest / f"{source.stem}_{_slug(cell['spec']['dataset_label'])}_seed{cell['spec']['seed']}.png"
                 shutil.copyfile(source, target)
                 copied.append(target)
     return copied

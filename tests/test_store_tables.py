@@ -101,24 +101,23 @@ def test_noise_matrix_is_part_of_the_cell_id_only_when_given():
 
 
 def test_copy_cell_figures_takes_the_smallest_seed_of_each_grid_point(tmp_path):
-    from types import SimpleNamespace
+    import json
 
     from fer_bench.tables import copy_cell_figures
     run = tmp_path / "run"
-
-    def spec(cid, method, dataset, seed):
-        return SimpleNamespace(cell_id=cid, method=method, dataset_label=dataset, seed=seed, label_noise=0.0,
-                               overrides_label="")
-    specs = [spec("a", "siamese", "synthetic:classes=6", 2), spec("d", "siamese", "synthetic:classes=6", 1),
-             spec("b", "siamese", "synthetic", 0),        # not finished
-             spec("c", "baseline", "synthetic", 0)]       # not asked for
+    cells = {"a": ("siamese", "synthetic:classes=6", 2), "d": ("siamese", "synthetic:classes=6", 1),
+             "c": ("baseline", "synthetic", 0)}                    # not asked for
     with Store(run / "results.sqlite") as store:
-        for cid in ("a", "c", "d"):
+        for cid, (method, dataset, seed) in cells.items():
+            spec = json.dumps({"method": method, "dataset_label": dataset, "seed": seed, "label_noise": 0.0,
+                               "overrides_label": ""})
             (run / "cells" / cid / "extra").mkdir(parents=True)
             (run / "cells" / cid / "extra" / "snap.png").write_bytes(cid.encode())
             (run / "cells" / cid / "extra" / "snap.npz").write_bytes(b"npz")
-            store.record_done(cid, "{}", {}, {"extra/snap.png": f"cells/{cid}/extra/snap.png",
+            store.record_done(cid, spec, {}, {"extra/snap.png": f"cells/{cid}/extra/snap.png",
                                               "extra/snap.npz": f"cells/{cid}/extra/snap.npz"}, 1.0, {})
-        copied = copy_cell_figures(store, run, tmp_path / "figures", specs, {"siamese"})
+        store.mark_running("b", json.dumps({"method": "siamese", "dataset_label": "synthetic", "seed": 0,
+                                            "label_noise": 0.0, "overrides_label": ""}))  # not finished
+        copied = copy_cell_figures(store, run, tmp_path / "figures", ["a", "b", "c", "d"], {"siamese"})
     assert [p.name for p in copied] == ["snap_synthetic-classes-6_seed1.png"]
     assert copied[0].read_bytes() == b"d"
