@@ -147,6 +147,8 @@ def interrupted(run_dir: Path) -> None:
 @click.option("--noise-matrix", type=click.Path(), default=None,
               help="CSV of asymmetric-noise weights, rows = true emotion, columns = noisy emotion (by name).")
 @click.option("--set", "sets", multiple=True, help="method.param=value (value lists a,b make a grid axis); * for all methods.")
+@click.option("--budget", default=None, help="epochs=N: the training budget of every method (anchor images = N x "
+                                             "training-set size); default: the profile's.")
 @click.option("--out", type=click.Path(), default="runs/default", show_default=True, help="Run directory.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
 @executor_options
@@ -158,7 +160,8 @@ def interrupted(run_dir: Path) -> None:
 @one_line_errors
 def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: str | None,
         test_datasets: tuple[str, ...], seeds: str, profile: str, label_noise: str, noise_kind: str,
-        noise_matrix: str | None, sets: tuple[str, ...], out: str, device: str, executor: str, reuse: tuple[str, ...],
+        noise_matrix: str | None, sets: tuple[str, ...], budget: str | None, out: str, device: str, executor: str,
+        reuse: tuple[str, ...],
         retry_failed: bool, tsne: bool, plugins: tuple[str, ...], **ray: Any) -> None:
     """Train and evaluate a grid of methods x datasets x seeds x label-noise rates."""
     from fer_bench.method import resolve_device
@@ -174,7 +177,7 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
     matrix = _noise_matrix_option(noise_kind, noise_matrix)
     specs = expand_grid(method_names, list(datasets), _split_list(seeds, int, "seeds"),
                         _split_list(label_noise, float, "label-noise"), profile, overrides, device, data_root, noise_kind,
-                        list(test_datasets) or None, matrix)
+                        list(test_datasets) or None, matrix, budget)
     run_dir = Path(out)
     reuse_dirs = check_reuse_dirs(list(reuse))
     total = len(specs)
@@ -187,6 +190,7 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
             click.echo(f"{where}: {event}")
         elif result.status == "done":
             click.echo(f"{where}: done in {result.seconds:.1f}s, accuracy {result.metrics.get('accuracy', float('nan')):.4f}")
+            warn_at_floor(spec, result)
         else:
             click.echo(f"{where}: FAILED: {result.error}")
 
@@ -201,6 +205,16 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
     if outcome["failed"]:
         click.echo(f"{len(outcome['failed'])} cell(s) failed; see {run_dir / 'summary.md'} and rerun with --retry-failed.", err=True)
         sys.exit(1)
+
+
+def warn_at_floor(spec, result) -> None:
+    """Warn when a finished cell's final validation accuracy is within a point of the majority class."""
+    m = result.metrics
+    if m.get("at_floor") == 1.0:
+        click.echo(f"WARNING: {spec.method} on {spec.dataset_label} seed {spec.seed} ended at the floor: final "
+                   f"validation accuracy {m['final_val_accuracy']:.4f} against {m['val_floor_accuracy']:.4f} for the "
+                   f"majority class; look at its learning curve (plots/curves_*.png) before reading its numbers.",
+                   err=True)
 
 
 def _noise_matrix_option(kind: str, path: str | None) -> dict | None:
@@ -245,6 +259,8 @@ def tables(ctx: click.Context, benchmark: str, no_run: bool, results: str, data_
     def report(event, spec, result) -> None:
         status = event if result is None else (result.status if result.status == "done" else f"FAILED: {result.error}")
         click.echo(f"{spec.method} on {spec.dataset_label} seed {spec.seed}: {status}")
+        if result is not None and result.status == "done":
+            warn_at_floor(spec, result)
 
     try:
         written = write_paper_tables(benchmark, results, run=not no_run, data_root=data_root, device=device,

@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 
 PROFILES = ("test", "quick", "paper")
 
+# The quick profile's training budget, stated once and the same for every method (DESIGN.md section 9):
+# QUICK_EPOCHS passes of anchors over the training set (anchor images = QUICK_EPOCHS x training-set size),
+# QUICK_BATCH anchors per step. ``--budget epochs=N`` changes the first for every method of a run.
+QUICK_EPOCHS = 10
+QUICK_BATCH = 128
+
 
 class NotFittedError(RuntimeError):
     """A method was used before ``fit``."""
@@ -167,6 +173,7 @@ class Method:
     }
     profiles: ClassVar[dict[str, dict[str, Any]]] = {"test": {}, "quick": {}, "paper": {}}
     registered_name: ClassVar[str] = ""
+    learns: ClassVar[bool] = True   # False only for reference floors (majority): exempt from "beats the majority"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -365,8 +372,16 @@ def resolve_device(device: str) -> torch.device:
 class TorchMethod(Method):
     """A method trained by the one training loop. Plugins implement ``build`` and ``loss``.
 
-    Optional hooks: ``sampler(train, generator)`` (index batches of an epoch), ``make_batch`` (index
-    -> batch dict), ``on_epoch_end(epoch)``, ``features(x)`` (the embedding) and ``logits(x)``.
+    Optional hooks, in the order the loop calls them: ``on_fit_start(train)`` (after the training data
+    is loaded and the network built: auxiliary stages, per-fit state), then per epoch
+    ``on_epoch_start(epoch)``, ``sampler(train, generator)`` (index batches), ``make_batch`` (index ->
+    batch dict, with any per-batch extra inputs), ``loss``, ``batch_anchors(batch)`` (the images whose
+    label the loss is about, for the budget), ``on_epoch_end(epoch)``; at each evaluation point
+    ``validation_predictions(val)`` and ``validation_score(val, pred)``; finally ``after_fit(train)``
+    (a gallery, dropping training-only parts). ``training_state`` / ``load_training_state`` carry state
+    that is not in the weights (e.g. sub-class labels) through checkpoints. ``features(x)`` is the
+    embedding, ``logits(x)`` the class scores, ``frozen_parameters()`` names parameters that are meant
+    to get no gradient. No plugin needs to override the private ``_fit``.
     """
 
     params: ClassVar[dict[str, Param]] = {
@@ -425,12 +440,40 @@ class TorchMethod(Method):
             batch["dist"] = self.train_dist_[index.to(self.train_dist_.device)]
         return batch
 
-    def on_epoch_end(self, epoch: int) -> None:
-        pass
+    def on_fit_start(self, train: FERDataset) -> None:
+        """Called once per fit after the training data is loaded and ``model_`` built, before the first epoch."""
 
-    def validation_score(self, val: FERDataset) -> float:
-        """The model-selection score on validation data: accuracy by default."""
-        return float((self._predict_proba(val.images).argmax(1) == val.labels).mean())
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before epoch ``epoch`` (0-based) draws its batches, also after a resume."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after epoch ``epoch`` (0-based), before its checkpoint is written."""
+
+    def after_fit(self, train: FERDataset) -> None:
+        """Called once after training (and best-validation reload), with the training data still loaded."""
+
+    def batch_anchors(self, batch: dict[str, torch.Tensor]) -> int:
+        """Anchors in ``batch``: images whose label the loss is about (one per pair, triplet or quadruplet)."""
+        return len(batch["y"])
+
+    def validation_predictions(self, val: FERDataset) -> np.ndarray:
+        """(N,) class predictions of the model as it is now, for the learning curve and selection."""
+        return self._predict_proba(val.images).argmax(1)
+
+    def validation_score(self, val: FERDataset, pred: np.ndarray) -> float:
+        """The model-selection score (higher is better) given ``validation_predictions``: accuracy by default."""
+        return float((np.asarray(pred) == val.labels).mean())
+
+    def training_state(self) -> dict[str, Any]:
+        """State besides the weights that a resumed fit needs (tensors, numbers, lists); default none."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``training_state`` returned, when resuming from a checkpoint."""
+
+    def frozen_parameters(self) -> set[str]:
+        """Names (as in ``model_.named_parameters()``) of parameters meant to get no gradient in training."""
+        return set()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The embedding of normalised images (B,3,S,S) -> (B,D); default: the model's ``features``."""
@@ -475,7 +518,6 @@ class TorchMethod(Method):
 
     # -- the contract, implemented once --------------------------------------------------------------
     def _fit(self, train: FERDataset, val: FERDataset | None) -> None:
-        from fer_bench.data.augment import BatchAugment
         from fer_bench.train import Trainer
 
         self._setup_device()
@@ -488,15 +530,32 @@ class TorchMethod(Method):
             self.selection_rule_ = rule
         else:
             self.selection_rule_ = "given val split" if val is not None else "none (last epoch)"
+        self.start_fit(train)
+        self.train_info_ = Trainer(self).fit(train, val)
+        if self.select == "best_val":
+            info = self.train_info_
+            self.selection_ = (f"best validation score at step {info['best_step']} of {info['train_steps']} "
+                               f"(epoch {info['best_epoch']:g})")
+        self.after_fit(train)
+        self._release_training_data()
+
+    def start_fit(self, train: FERDataset) -> None:
+        """Everything before the first epoch: the training data on the device, the augmenter, the network
+        (its initialisation seeded by ``seed``) and ``on_fit_start``. The contract suite uses it to take
+        one training step by hand."""
+        from fer_bench.data.augment import BatchAugment
+
+        if not hasattr(self, "device_"):
+            self._setup_device()
+        if not hasattr(self, "num_classes_"):
+            self.classes_ = tuple(train.classes)
+            self.num_classes_ = len(self.classes_)
         self._load_training_data(train)
         self.augmenter_ = None if self.augment == "none" else BatchAugment.from_string(self.augment)
         with torch.random.fork_rng(devices=[self.device_] if self.device_.type == "cuda" else []):
             torch.manual_seed(self.seed)  # parameter init of build(); scoped, restored on exit
             self.model_ = self.build(self.num_classes_).to(self.device_)
-        self.train_info_ = Trainer(self).fit(train, val)
-        if self.select == "best_val":
-            self.selection_ = f"best validation accuracy at epoch {self.train_info_['best_epoch']}"
-        self._release_training_data()
+        self.on_fit_start(train)
 
     def _load_training_data(self, train: FERDataset) -> None:
         images = self.prepare_images(train.images)  # uint8 (N,3,S,S)
@@ -541,3 +600,92 @@ class TorchMethod(Method):
         self._ensure_model()
         self.model_.load_state_dict(state["model"])
         self.model_.eval()
+
+
+class EmbeddingMethod(TorchMethod):
+    """A torch method whose predictions are read from its embedding, not from a classification head.
+
+    After training, the training set's embeddings are the gallery; ``predict_proba`` is the kNN vote
+    among them (``classifier='knn'``, ties to the smaller class index) or a softmax over the training
+    class centroids (``classifier='centroid'``, logits ``_centroid_logits``: minus the squared distance
+    over twice ``centroid_sigma()`` squared, so the arg-max is the nearest centroid). The learning curve
+    uses the same rule on the current embeddings of the (un-augmented) training images.
+    ``gallery_classes`` maps training labels to classes (DGMS trains on sub-classes).
+    """
+
+    params: ClassVar[dict[str, Param]] = {
+        "classifier": Param("knn", choices=("knn", "centroid"), doc="predict by kNN vote or nearest class centroid"),
+        "knn_k": Param(11, int, low=1, doc="neighbours of the kNN classifier"),
+    }
+
+    def centroid_sigma(self) -> float:
+        """Scale of the centroid classifier's logits (only its probabilities depend on it)."""
+        return 1.0
+
+    def gallery_classes(self, train_labels: np.ndarray) -> np.ndarray:
+        """Class of each training label (the identity; DGMS maps sub-classes to classes)."""
+        return np.asarray(train_labels)
+
+    # -- the gallery ----------------------------------------------------------------------------------
+    def after_fit(self, train: FERDataset) -> None:
+        self._set_gallery(self._embed(train.images), self.gallery_classes(self.train_labels_.cpu().numpy()))
+
+    def _set_gallery(self, emb: np.ndarray, labels: np.ndarray) -> None:
+        self.gallery_emb_ = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))   # (N, D)
+        self.gallery_labels_ = torch.from_numpy(np.asarray(labels, dtype=np.int64))         # (N,)
+
+    def gallery_proba(self, emb: np.ndarray, gallery: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """(N, C) class probabilities of embeddings ``emb`` against a gallery (``gallery``, ``labels``)."""
+        from fer_bench import metrics as M
+        if self.classifier == "knn":
+            k = min(self.knn_k, len(labels))
+            return M.knn_predict_proba(gallery, labels, emb, k=k, num_classes=self.num_classes_, device=self.device_)
+        elif self.classifier in ("centroid", "gaussian"):
+            means = class_means(torch.from_numpy(gallery), torch.from_numpy(labels), self.num_classes_)  # (C, D)
+            return torch.softmax(self._centroid_logits(torch.from_numpy(np.asarray(emb, np.float32)), means),
+                                 dim=1).float().numpy()
+        else:
+            raise ParameterError(f"The 'classifier' parameter of {self.display_name()} must be one of "
+                                 f"{self.params['classifier'].choices}. Got {self.classifier!r} instead.")
+
+    def _centroid_logits(self, emb: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """(N, C) minus squared distance to each class mean over 2 sigma^2; -inf for classes never seen."""
+        d2 = torch.cdist(emb.double(), torch.nan_to_num(means.double())).pow(2)         # (N, C)
+        d2[:, torch.isnan(means).any(1)] = float("inf")
+        return -d2 / (2.0 * self.centroid_sigma() ** 2)
+
+    def _predict_proba(self, images: np.ndarray) -> np.ndarray:
+        return self.gallery_proba(self._embed(images), self.gallery_emb_.numpy(), self.gallery_labels_.numpy())
+
+    def validation_predictions(self, val: FERDataset) -> np.ndarray:
+        labels = self.gallery_classes(self.train_labels_.cpu().numpy())
+        return self.gallery_proba(self._embed(val.images), self.train_embeddings(), labels).argmax(1)
+
+    @torch.no_grad()
+    def train_embeddings(self) -> np.ndarray:
+        """(N, D) embeddings of the loaded training images now: eval mode, no augmentation."""
+        was_training = self.model_.training
+        self.model_.eval()
+        out = []
+        for start in range(0, len(self.train_images_), self.eval_batch_size):
+            index = torch.arange(start, min(start + self.eval_batch_size, len(self.train_images_)))
+            with self._autocast():
+                out.append(self.features(self.fetch(index, None, augment=False)).float().cpu())
+        self.model_.train(was_training)
+        return torch.cat(out).numpy()
+
+    def _get_state(self) -> dict[str, Any]:
+        return {**super()._get_state(), "gallery_emb": self.gallery_emb_, "gallery_labels": self.gallery_labels_}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self._set_gallery(state.pop("gallery_emb").numpy(), state.pop("gallery_labels").numpy())
+        super()._set_state(state)
+
+
+def class_means(emb: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, D) class means of ``emb`` (N, D); NaN rows for classes without members."""
+    onehot = F.one_hot(labels.long(), num_classes).to(emb.dtype)       # (N, C)
+    counts = onehot.sum(0)[:, None]                                     # (C, 1)
+    means = onehot.T @ emb / counts.clamp_min(1)                        # (C, D)
+    means[counts[:, 0] == 0] = float("nan")
+    return means

@@ -448,3 +448,43 @@ def plot_cosine_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str
     fig = _new_figure(max(4.5, 0.65 * c + 2.5), max(4.0, 0.6 * c + 2.0))
     _heatmap(fig, np.clip(m, -1.0, 1.0), names, "RdBu_r", -1.0, 1.0, ".2f", "", "", title, "cosine similarity")
     return _save(fig, target)
+
+
+def plot_learning_curves(curves: pd.DataFrame, path: str | os.PathLike, title: str = "",
+                         floor: float | None = None) -> Path:
+    """Validation accuracy, validation mean class accuracy and training loss against anchor images seen.
+
+    ``curves``: one row per evaluation point with columns ``label`` (the method, colour), ``seed`` (one
+    line each), ``anchor_images``, ``train_loss`` and, where measured, ``val_accuracy`` and
+    ``val_mean_class_accuracy`` (fractions). All methods share the axes; ``floor`` (the majority class's
+    validation accuracy) is drawn as a dashed line on the accuracy panel.
+    """
+    target = _png_path(path)
+    need = {"label", "seed", "anchor_images", "train_loss"}
+    if curves.empty or not need <= set(curves.columns):
+        raise ValueError(f"curves needs rows with columns {sorted(need)}; got {list(curves.columns)}.")
+    panels = [("val_accuracy", "validation accuracy"), ("val_mean_class_accuracy", "validation mean class accuracy"),
+              ("train_loss", "training loss")]
+    fig = _new_figure(15.0, 4.4)
+    axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
+    labels = list(dict.fromkeys(curves["label"]))
+    for i, label in enumerate(labels):
+        colour = PALETTE[i % len(PALETTE)]
+        for j, (seed, part) in enumerate(curves[curves["label"] == label].groupby("seed")):
+            part = part.sort_values("anchor_images")
+            for ax, (column, _) in zip(axes, panels):
+                if column not in part or part[column].isna().all():
+                    continue
+                ax.plot(part["anchor_images"], part[column], color=colour, linewidth=1.3, alpha=0.85,
+                        marker=MARKERS[i % len(MARKERS)], markersize=3, label=label if j == 0 else None)
+    for ax, (column, name) in zip(axes, panels):
+        ax.set_xlabel("anchor images seen")
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+        if column != "train_loss":
+            ax.set_ylim(0.0, 1.0)
+    if floor is not None:
+        axes[0].axhline(floor, color="0.4", linestyle="--", linewidth=1.0, label="majority class")
+    axes[0].legend(loc="best", fontsize="small")
+    fig.suptitle(title or "learning curves (one line per seed)")
+    return _save(fig, target)

@@ -58,6 +58,7 @@ class CellSpec:
     test_dataset: str | None = None        # train on ``dataset``, test on this one (its test split)
     test_dataset_options: dict = dataclasses.field(default_factory=dict)
     noise_matrix: dict | None = None       # asymmetric noise: {true emotion: {noisy emotion: weight}}
+    budget: dict | None = None             # the run's training budget ({"epochs": N}), None: each profile's own
 
     @property
     def cell_id(self) -> str:
@@ -68,6 +69,8 @@ class CellSpec:
             payload.pop("test_dataset_options")
         if self.noise_matrix is None:
             payload.pop("noise_matrix")
+        if self.budget is None:
+            payload.pop("budget")
         payload["params"] = {k: v for k, v in self.params.items() if k != "device"}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -104,6 +107,7 @@ class CellResult:
     seconds: float = 0.0
     error: str = ""
     traceback: str = ""
+    curve: list[dict[str, float]] = dataclasses.field(default_factory=list)   # learning-curve points
 
 
 # --------------------------------------------------------------------------------------------------
@@ -113,16 +117,23 @@ class CellResult:
 def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label_noise: list[float],
                 profile: str, overrides: dict[str, dict[str, str]], device: str = "auto",
                 data_root: str | None = None, noise_kind: str = "symmetric",
-                test_datasets: list[str | None] | None = None, noise_matrix: dict | None = None) -> list[CellSpec]:
+                test_datasets: list[str | None] | None = None, noise_matrix: dict | None = None,
+                budget: dict | None = None) -> list[CellSpec]:
     """The cells of a grid, in a stable order. ``overrides`` values may be comma lists: each value is
     a point of the grid (``--set baseline.lr=1e-3,1e-4`` runs both). ``test_datasets``: an axis of
-    datasets to test on instead of the training dataset's own test split (None in it: the own split)."""
+    datasets to test on instead of the training dataset's own test split (None in it: the own split).
+    ``budget`` ({"epochs": N}, see ``parse_budget``) sets every trained method's epochs over its profile;
+    a ``--set method.epochs`` still wins for that method."""
+    budget = parse_budget(budget)
+    if budget and "epochs" in overrides.get("*", {}):
+        raise ParameterError("--budget and --set '*.epochs' both set every method's epochs; keep one of them.")
     cells = []
     tests = [_resolved(t) if t is not None else (None, {}) for t in (test_datasets or [None])]
     for method_name, dataset_spec, (test_name, test_options) in itertools.product(methods, datasets, tests):
         cls = get_method(method_name)
         name, resolved_options = _resolved(dataset_spec)
         given = {**overrides.get("*", {}), **overrides.get(method_name, {})}
+        budgeted = {k: v for k, v in (budget or {}).items() if k in cls.params and k not in given}
         unknown = sorted(set(given) - set(cls.params))
         if unknown:
             raise ParameterError(f"--set {method_name}.{unknown[0]}: {cls.display_name()} has no parameter "
@@ -131,13 +142,46 @@ def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label
         for values in itertools.product(*(str(given[k]).split(",") for k in keys)):
             point = dict(zip(keys, values))
             for seed, rate in itertools.product(seeds, label_noise):
-                params = cls.resolve_params(profile, name, {**point, "seed": seed, "device": device})
-                cells.append(CellSpec(method=method_name, params=params, dataset=name,
+                params = cls.resolve_params(profile, name, {**budgeted, **point, "seed": seed, "device": device})
+                cells.append(CellSpec(method=method_name, params=params, dataset=name, budget=budget or None,
                                       dataset_options=resolved_options, seed=seed, label_noise=float(rate),
                                       noise_kind=noise_kind, profile=profile, overrides=point, data_root=data_root,
                                       test_dataset=test_name, test_dataset_options=test_options,
                                       noise_matrix=noise_matrix if noise_kind == "asymmetric" else None))
     return cells
+
+
+BUDGET_KEYS = ("epochs",)
+
+
+def parse_budget(budget: str | dict | None) -> dict | None:
+    """``"epochs=20"`` or ``{"epochs": 20}`` -> ``{"epochs": 20}`` (anchor images = epochs x training-set
+    size for every method of the run); None or empty -> None. A bad key or value is a usage error."""
+    if budget is None or budget == "" or budget == {}:
+        return None
+    if isinstance(budget, str):
+        items = {}
+        for part in budget.split(","):
+            key, eq, value = part.partition("=")
+            if not eq:
+                raise ParameterError(f"--budget {budget!r} is not of the form epochs=N; write e.g. --budget epochs=10.")
+            items[key.strip()] = value.strip()
+        budget = items
+    if not isinstance(budget, dict):
+        raise ParameterError(f"budget must be a mapping like {{epochs: 10}}. Got {budget!r} instead.")
+    out = {}
+    for key, value in budget.items():
+        if key not in BUDGET_KEYS:
+            raise ParameterError(f"budget key {key!r} is not allowed; allowed: {', '.join(BUDGET_KEYS)} "
+                                 f"(e.g. --budget epochs=10).")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if number < 1 or str(number) != str(value).strip():
+            raise ParameterError(f"budget {key} must be a whole number >= 1. Got {value!r} instead.")
+        out[key] = number
+    return out
 
 
 def _resolved(dataset_spec: str) -> tuple[str, dict]:
@@ -218,9 +262,10 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
     metrics.update(_cost_metrics(method, test))
     metrics.update(method.extra_results(workdir / "extra", train, test))
     train_info = getattr(method, "train_info_", {})
-    if train_info:
-        metrics["train_seconds"] = train_info["train_seconds"]
-        metrics["train_images_per_s"] = train_info["train_images_per_s"]
+    metrics.update({k: float(train_info[k]) for k in BUDGET_METRICS if k in train_info})
+    curve = train_info.get("curve", [])
+    if val is not None and curve and "val_accuracy" in curve[-1]:
+        metrics.update(floor_metrics(train.labels, val.labels, curve[-1]["val_accuracy"]))
     info.update(selection=getattr(method, "selection_", "n/a"), selection_rule=getattr(method, "selection_rule_", "n/a"),
                 history=train_info.get("history", []), resumed_from_epoch=train_info.get("resumed_from_epoch", 0),
                 device=str(getattr(method, "device_", "cpu")), classes=list(train.classes),
@@ -235,7 +280,22 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
     (workdir / TRAINING_KEY_FILE).write_text(training_key(spec))  # after the model: a reader finds it whole
     if (workdir / "extra").is_dir():
         artifacts.update({f"extra/{p.name}": f"extra/{p.name}" for p in sorted((workdir / "extra").iterdir())})
-    return CellResult(spec.cell_id, "done", metrics, artifacts, info, time.perf_counter() - start)
+    return CellResult(spec.cell_id, "done", metrics, artifacts, info, time.perf_counter() - start, curve=curve)
+
+
+# the training budget and cost of a cell (DESIGN.md section 9), copied from the trainer's report
+BUDGET_METRICS = ("train_steps", "train_anchor_images", "train_forward_images", "train_seconds", "train_cpu_seconds",
+                  "train_images_per_s", "train_aux_anchor_images", "train_aux_steps")
+FLOOR_MARGIN = 0.01   # a final validation accuracy within 1 point of the majority class is "at the floor"
+
+
+def floor_metrics(train_labels: np.ndarray, val_labels: np.ndarray, final_val_accuracy: float) -> dict[str, float]:
+    """``val_floor_accuracy`` (the validation accuracy of predicting the training set's majority class),
+    ``final_val_accuracy`` and ``at_floor`` (1.0 when the final accuracy is within ``FLOOR_MARGIN`` of it)."""
+    majority = np.bincount(np.asarray(train_labels)).argmax()
+    floor = float((np.asarray(val_labels) == majority).mean())
+    return {"val_floor_accuracy": floor, "final_val_accuracy": float(final_val_accuracy),
+            "at_floor": float(final_val_accuracy <= floor + FLOOR_MARGIN)}
 
 
 def training_key(spec: CellSpec) -> str:
@@ -371,7 +431,8 @@ def run_grid(specs: list[CellSpec], run_dir: str | Path, executor: Executor, ret
         for result in executor.map(pending, run_dir):
             spec = by_id[result.cell_id]
             if result.status == "done":
-                store.record_done(result.cell_id, spec.to_json(), result.metrics, result.artifacts, result.seconds, result.info)
+                store.record_done(result.cell_id, spec.to_json(), result.metrics, result.artifacts, result.seconds,
+                                  result.info, curve=result.curve)
             else:
                 store.record_failed(result.cell_id, spec.to_json(), result.error, result.traceback, result.seconds)
             outcome[result.status].append(result.cell_id)

@@ -5,7 +5,9 @@ One file per output directory, in WAL mode, one transaction per state change. Ta
 - ``cells``: id, spec (canonical JSON), status (running | done | failed), error, traceback, timings,
   host, info (JSON: selection rule, dataset fingerprints, noisy-label hash, training history);
 - ``metrics``: (cell_id, name, value);
-- ``artifacts``: (cell_id, name, path relative to the run directory).
+- ``artifacts``: (cell_id, name, path relative to the run directory);
+- ``curves``: the learning curve of each finished cell, one row per evaluation point (step, epoch,
+  anchor images, training loss, validation accuracy, mean class accuracy and selection score).
 
 The store is the single source of truth: summaries, tables and plots are regenerated from it.
 """
@@ -29,6 +31,11 @@ CREATE TABLE IF NOT EXISTS metrics (
     cell_id TEXT NOT NULL REFERENCES cells(id), name TEXT NOT NULL, value REAL,
     PRIMARY KEY (cell_id, name)
 );
+CREATE TABLE IF NOT EXISTS curves (
+    cell_id TEXT NOT NULL REFERENCES cells(id), point INTEGER NOT NULL, step INTEGER NOT NULL, epoch REAL,
+    anchor_images INTEGER, train_loss REAL, val_accuracy REAL, val_mean_class_accuracy REAL, val_score REAL,
+    PRIMARY KEY (cell_id, point)
+);
 CREATE TABLE IF NOT EXISTS artifacts (
     cell_id TEXT NOT NULL REFERENCES cells(id), name TEXT NOT NULL, path TEXT NOT NULL,
     PRIMARY KEY (cell_id, name)
@@ -36,6 +43,16 @@ CREATE TABLE IF NOT EXISTS artifacts (
 """
 
 STORE_NAME = "results.sqlite"
+CURVE_FIELDS = ("step", "epoch", "anchor_images", "train_loss", "val_accuracy", "val_mean_class_accuracy", "val_score")
+
+
+def _curve_statements(cell_id: str, curve: Any) -> list[tuple[str, tuple]]:
+    """Replace a cell's learning curve with ``curve`` (a list of point dicts)."""
+    out: list[tuple[str, tuple]] = [("DELETE FROM curves WHERE cell_id = ?", (cell_id,))]
+    for i, point in enumerate(curve):
+        out.append((f"INSERT INTO curves (cell_id, point, {', '.join(CURVE_FIELDS)}) VALUES (?, ?{', ?' * len(CURVE_FIELDS)})",
+                    (cell_id, i, *(point.get(k) for k in CURVE_FIELDS))))
+    return out
 
 
 class Store:
@@ -81,7 +98,8 @@ class Store:
             "error=NULL, traceback=NULL", (cell_id, spec_json, time.time(), socket.gethostname()))])
 
     def record_done(self, cell_id: str, spec_json: str, metrics: dict[str, float], artifacts: dict[str, str],
-                    seconds: float, info: dict[str, Any], host: str | None = None) -> None:
+                    seconds: float, info: dict[str, Any], host: str | None = None,
+                    curve: list[dict[str, float]] = ()) -> None:
         statements: list[tuple[str, tuple]] = [
             ("INSERT INTO cells (id, spec, status, finished, seconds, host, info) VALUES (?, ?, 'done', ?, ?, ?, ?) "
              "ON CONFLICT(id) DO UPDATE SET status='done', finished=excluded.finished, seconds=excluded.seconds, "
@@ -92,6 +110,7 @@ class Store:
         ]
         statements += [("INSERT INTO metrics VALUES (?, ?, ?)", (cell_id, k, float(v))) for k, v in metrics.items()]
         statements += [("INSERT INTO artifacts VALUES (?, ?, ?)", (cell_id, k, v)) for k, v in artifacts.items()]
+        statements += _curve_statements(cell_id, curve)
         self._transaction(statements)
 
     def record_failed(self, cell_id: str, spec_json: str, error: str, traceback: str, seconds: float,
@@ -124,6 +143,7 @@ class Store:
         statements += [("INSERT INTO metrics VALUES (?, ?, ?)", (cell_id, k, v)) for k, v in source.metrics(cell_id).items()]
         statements += [("INSERT INTO artifacts VALUES (?, ?, ?)", (cell_id, k, v))
                        for k, v in source.artifacts(cell_id).items()]
+        statements += _curve_statements(cell_id, source.curve(cell_id))
         self._transaction(statements)
 
     # -- reading -------------------------------------------------------------------------------------
@@ -151,6 +171,26 @@ class Store:
 
     def artifacts(self, cell_id: str) -> dict[str, str]:
         return dict(self._db.execute("SELECT name, path FROM artifacts WHERE cell_id = ? ORDER BY name", (cell_id,)))
+
+    def curve(self, cell_id: str) -> list[dict[str, float]]:
+        """The learning-curve points of a cell, in order (empty for cells recorded before curves existed)."""
+        cur = self._db.execute(f"SELECT {', '.join(CURVE_FIELDS)} FROM curves WHERE cell_id = ? ORDER BY point",
+                               (cell_id,))
+        return [{k: v for k, v in zip(CURVE_FIELDS, row) if v is not None} for row in cur.fetchall()]
+
+    def curves_frame(self) -> pd.DataFrame:
+        """Long table of every finished cell's learning curve with its method, dataset and seed."""
+        rows = []
+        for cell in self.cells():
+            if cell["status"] != "done":
+                continue
+            spec = cell["spec"]
+            for point in self.curve(cell["id"]):
+                rows.append({"cell_id": cell["id"], "method": spec["method"], "dataset": spec["dataset_label"],
+                             "seed": spec["seed"], "label_noise": spec["label_noise"],
+                             "overrides": spec["overrides_label"], **point})
+        return pd.DataFrame(rows, columns=["cell_id", "method", "dataset", "seed", "label_noise", "overrides",
+                                           *CURVE_FIELDS])
 
     def metrics_frame(self, ids: list[str] | None = None) -> pd.DataFrame:
         """Long table: one row per (finished cell, metric) with the cell's grid coordinates."""

@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 
 GROUP = ["method", "dataset", "label_noise", "profile", "overrides"]
 HEADLINE = ["accuracy", "mean_class_accuracy", "macro_f1", "knn_acc", "nmi", "recall@1", "map@r",
-            "kl_to_label_dist", "circumplex_tau", "train_seconds", "params"]
-UNSCALED = ("train_seconds", "params", "kl_to_label_dist", "circumplex_tau")  # shown as they are, not in %
+            "kl_to_label_dist", "circumplex_tau", "train_steps", "train_anchor_images", "train_seconds",
+            "train_cpu_seconds", "params"]
+UNSCALED = ("train_seconds", "train_cpu_seconds", "train_steps", "train_anchor_images", "params", "kl_to_label_dist",
+            "circumplex_tau")  # shown as they are, not in %
 
 
 def summarize(long: pd.DataFrame) -> pd.DataFrame:
@@ -60,17 +62,28 @@ def summary_markdown(summary: pd.DataFrame, failures: list[dict[str, Any]]) -> s
                 continue
             key = tuple(row[g] for g in GROUP)
             percent = row["metric"] not in UNSCALED
-            digits = 0 if row["metric"] == "params" else 2
+            digits = 0 if row["metric"] in ("params", "train_steps", "train_anchor_images") else 2
             text = format_mean_std(row["mean"], row["std"], int(row["n"]), 100.0 if percent else 1.0, digits)
             wide.setdefault(key, {})[row["metric"]] = text
+        floor = {tuple(r[g] for g in GROUP): (int(round(r["mean"] * r["n"])), int(r["n"]))
+                 for _, r in summary[summary["metric"] == "at_floor"].iterrows()}
         metrics = [m for m in HEADLINE if any(m in v for v in wide.values())]
-        rows = [[*key, *(wide[key].get(m, "") for m in metrics)] for key in sorted(wide, key=str)]
-        headers = GROUP + [m + (" (%)" if m not in UNSCALED else "") for m in metrics]
+        flagged = any(k for k, _ in floor.values())
+        rows = [[*key, *(wide[key].get(m, "") for m in metrics)] + ([_floor_flag(floor.get(key))] if flagged else [])
+                for key in sorted(wide, key=str)]
+        headers = GROUP + [m + (" (%)" if m not in UNSCALED else "") for m in metrics] + (["at floor"] if flagged else [])
         lines.append(tabulate(rows, headers=headers, tablefmt="github"))
+        if flagged:
+            lines += ["", "at floor: seeds whose final validation accuracy is within 1 point of the majority class's; "
+                          "read their learning curves (plots/curves_*.png) before comparing them."]
     if failures:
         lines += ["", "Failed cells:", ""]
         lines += [f"- {f['method']} on {f['dataset']} seed {f['seed']}: {f['error']}" for f in failures]
     return "\n".join(lines) + "\n"
+
+
+def _floor_flag(count: tuple[int, int] | None) -> str:
+    return f"{count[0]}/{count[1]} seeds" if count and count[0] else ""
 
 
 def environment() -> dict[str, Any]:
@@ -106,6 +119,7 @@ def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = Fal
     ids = None if specs is None else [s.cell_id for s in specs]
     with Store(store_path) as store:
         long = store.metrics_frame(ids)
+        curves = store.curves_frame()
         cells = list(store.cells(ids))
         artifacts = {c["id"]: store.artifacts(c["id"]) for c in cells}
     failures = [{"method": c["spec"]["method"], "dataset": c["spec"]["dataset_label"], "seed": c["spec"]["seed"],
@@ -122,7 +136,25 @@ def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = Fal
          "device": c["info"].get("device"), "host": c["host"], "seconds": c["seconds"]} for c in cells]}
     _atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str))
     write_run_plots(run_dir, cells, artifacts, long, tsne)
+    if ids is not None:
+        curves = curves[curves["cell_id"].isin(ids)]
+    write_curve_plots(run_dir / "plots", curves, long)
     return text
+
+
+def write_curve_plots(plots: Path, curves: pd.DataFrame, long: pd.DataFrame) -> list[Path]:
+    """``plots/curves_<dataset>.png``: every method of the run on shared axes, one line per seed."""
+    from fer_bench import plots as P
+
+    written = []
+    for dataset, part in curves.groupby("dataset"):
+        part = part.assign(label=[m + (f" {o}" if o else "") + (f" noise {n:g}" if n else "")
+                                  for m, o, n in zip(part["method"], part["overrides"], part["label_noise"])])
+        floors = long[(long["dataset"] == dataset) & (long["metric"] == "val_floor_accuracy")]["value"]
+        plots.mkdir(parents=True, exist_ok=True)
+        written.append(P.plot_learning_curves(part, plots / f"curves_{_slug(dataset)}.png", title=f"{dataset}: learning curves",
+                                              floor=float(floors.mean()) if len(floors) else None))
+    return written
 
 
 def first_seed_per_point(cells: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
@@ -191,7 +223,7 @@ def _slug(text: str) -> str:
 BENCHMARK_KEYS = {"name", "title", "description", "reuse", "figures", "tables"}
 TABLE_KEYS = {"name", "title", "metric", "scale", "rows", "grid", "published", "notes"}
 GRID_KEYS = {"methods", "datasets", "test_datasets", "seeds", "profile", "label_noise", "noise_kind", "noise_matrix",
-             "set"}
+             "set", "budget"}
 
 
 def load_benchmark(path: str | Path) -> dict[str, Any]:
@@ -248,7 +280,7 @@ def _grid_specs(grid: dict[str, Any], data_root: str | None, device: str) -> lis
     return expand_grid(methods, list(grid.get("datasets", ["synthetic"])), list(grid.get("seeds", [0])),
                        [float(r) for r in grid.get("label_noise", [0.0])], grid.get("profile", "quick"),
                        parse_overrides(sets, methods), device, data_root, grid.get("noise_kind", "symmetric"),
-                       grid.get("test_datasets"), _noise_matrix(grid.get("noise_matrix")))
+                       grid.get("test_datasets"), _noise_matrix(grid.get("noise_matrix")), grid.get("budget"))
 
 
 def _noise_matrix(value: Any) -> dict | None:

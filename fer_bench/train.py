@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "last.pt"
+# what a checkpoint carries besides the weights and optimizer: counters, costs, curve and selection
+RESUMED = ("epoch", "step", "anchors", "forward", "seconds", "cpu_seconds", "best_score", "best_epoch", "best_step",
+           "best_state", "history", "curve", "window")
 
 
 class Diverged(RuntimeError):
@@ -153,9 +157,34 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 # --------------------------------------------------------------------------------------------------
 # The loop
 
+EVAL_POINTS = 10   # validation evaluations per fit (at evenly spaced steps; the last one at the final step)
+
+
+def evaluation_steps(total_steps: int, points: int = EVAL_POINTS) -> set[int]:
+    """The global steps (1-based) after which the loop evaluates: ``points`` evenly spaced, the last one
+    at ``total_steps`` (every step when there are fewer steps than points)."""
+    if total_steps <= 0:
+        return set()
+    return {max(1, round(k * total_steps / points)) for k in range(1, points + 1)} | {total_steps}
+
+
+def batch_images(batch: dict[str, Any]) -> int:
+    """Images in ``batch['x']``, whatever its layout: (B, 3, S, S) or (B, K, 3, S, S) for K branches."""
+    x = batch["x"]
+    return int(x.numel() // max(1, x.shape[-3] * x.shape[-2] * x.shape[-1]))
+
 
 class Trainer:
-    """Trains ``method.model_`` with ``method.loss``; see the module docstring."""
+    """Trains ``method.model_`` with ``method.loss``; see the module docstring.
+
+    Besides the weights, ``fit`` returns the cell's cost and learning curve (DESIGN.md section 9):
+    ``train_steps``, ``train_anchor_images`` (``method.batch_anchors`` summed: the images whose label the
+    loss is about, one per QCS quadruplet or triplet), ``train_forward_images`` (every image through the
+    network, all branches, both of SAM's passes), ``train_seconds`` / ``train_cpu_seconds`` (wall and
+    process CPU time, summed over resumed attempts) and ``curve``: the training loss and, with a
+    validation split, the validation accuracy and mean class accuracy at ``EVAL_POINTS`` evenly spaced
+    steps. ``select='best_val'`` keeps the weights of the best of those evaluations.
+    """
 
     def __init__(self, method: "TorchMethod"):
         self.m = method
@@ -176,19 +205,22 @@ class Trainer:
             amp = False  # loss scaling across SAM's two passes is not supported: train in float32
         scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
 
-        state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "best_state": None, "history": []}
+        state: dict[str, Any] = {"epoch": 0, "step": 0, "anchors": 0, "forward": 0, "seconds": 0.0, "cpu_seconds": 0.0,
+                                 "best_score": -math.inf, "best_epoch": 0, "best_step": 0, "best_state": None,
+                                 "history": [], "curve": [], "window": [0.0, 0]}
         key = self._config_key(train)
         resumed = self._resume(key, model, optimizer, scheduler, scaler, state)
-        n_steps = sum(1 for _ in m.sampler(train, epoch_generator(m.seed, 0)))
-        bar = tqdm(total=(m.epochs - state["epoch"]) * n_steps, desc=m.display_name(), unit="step", leave=False,
+        steps_per_epoch = sum(1 for _ in m.sampler(train, epoch_generator(m.seed, 0)))
+        evaluate_at = evaluation_steps(steps_per_epoch * m.epochs)
+        bar = tqdm(total=(m.epochs - state["epoch"]) * steps_per_epoch, desc=m.display_name(), unit="step", leave=False,
                    disable=not (self.progress if self.progress is not None else sys.stderr.isatty()))
-        start = time.perf_counter()
-        images_seen = 0
+        wall, cpu = time.perf_counter(), time.process_time()
         cuda = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             for epoch in range(state["epoch"], m.epochs):
                 torch.manual_seed(m.seed * 1_000_003 + epoch)  # dropout etc.; scoped by fork_rng
                 generator = epoch_generator(m.seed, epoch)
+                m.on_epoch_start(epoch)
                 model.train()
                 total, count = 0.0, 0
                 for step, index in enumerate(m.sampler(train, generator)):
@@ -214,32 +246,62 @@ class Trainer:
                         self._clip(model, optimizer, scaler)
                         scaler.step(optimizer)
                         scaler.update()
-                    total += value * len(index)
-                    count += len(index)
+                    anchors = int(m.batch_anchors(batch))
+                    total += value * anchors
+                    count += anchors
+                    state["step"] += 1
+                    state["anchors"] += anchors
+                    state["forward"] += batch_images(batch) * (2 if sam else 1)
+                    state["window"][0] += value * anchors
+                    state["window"][1] += anchors
                     bar.update(1)
-                images_seen += count
+                    if state["step"] in evaluate_at:
+                        self._evaluate(val, state, epoch + (step + 1) / max(steps_per_epoch, 1))
                 if scheduler is not None:
                     scheduler.step()
                 m.on_epoch_end(epoch)
-                record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
-                if val is not None and m.select == "best_val":
-                    score = float(m.validation_score(val))
-                    record["val_accuracy"] = score
-                    model.train()
-                    if score > state["best_score"]:
-                        state.update(best_score=score, best_epoch=epoch + 1,
-                                     best_state=copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
+                record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "step": state["step"],
+                          "anchor_images": state["anchors"]}
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}")
                 state["history"].append(record)
                 state["epoch"] = epoch + 1
+                now_wall, now_cpu = time.perf_counter(), time.process_time()
+                state["seconds"] += now_wall - wall
+                state["cpu_seconds"] += now_cpu - cpu
+                wall, cpu = now_wall, now_cpu
                 self._save(key, model, optimizer, scheduler, scaler, state)
         bar.close()
+        if not state["curve"] or state["curve"][-1]["step"] != state["step"]:
+            self._evaluate(val, state, float(state["epoch"]))  # the final point (resumed from the last epoch)
         if m.select == "best_val" and state["best_state"] is not None:
             model.load_state_dict(state["best_state"])
-        seconds = time.perf_counter() - start
-        return {"history": state["history"], "best_epoch": state["best_epoch"], "best_val": state["best_score"],
-                "resumed_from_epoch": resumed, "train_seconds": seconds,
-                "train_images_per_s": images_seen / seconds if seconds > 0 else float("nan")}
+        seconds = state["seconds"]
+        return {"history": state["history"], "curve": state["curve"], "best_epoch": state["best_epoch"],
+                "best_step": state["best_step"], "best_val": state["best_score"], "resumed_from_epoch": resumed,
+                "train_seconds": seconds, "train_cpu_seconds": state["cpu_seconds"], "train_steps": state["step"],
+                "train_anchor_images": state["anchors"], "train_forward_images": state["forward"],
+                "train_images_per_s": state["forward"] / seconds if seconds > 0 else float("nan")}
+
+    def _evaluate(self, val: "FERDataset | None", state: dict[str, Any], epoch: float) -> None:
+        """One point of the learning curve: training loss since the last point, and on ``val`` the accuracy,
+        mean class accuracy and the method's selection score (kept as the best when it improves)."""
+        m, model = self.m, self.m.model_
+        window = state["window"]
+        point = {"step": state["step"], "epoch": round(epoch, 4), "anchor_images": state["anchors"],
+                 "train_loss": window[0] / window[1] if window[1] else float("nan")}
+        state["window"] = [0.0, 0]
+        if val is not None:
+            from fer_bench.metrics import accuracy, mean_class_accuracy
+            pred = np.asarray(m.validation_predictions(val))
+            point["val_accuracy"] = accuracy(val.labels, pred)
+            point["val_mean_class_accuracy"] = mean_class_accuracy(val.labels, pred)
+            score = float(m.validation_score(val, pred))
+            point["val_score"] = score
+            model.train()
+            if m.select == "best_val" and score > state["best_score"]:
+                state.update(best_score=score, best_epoch=epoch, best_step=state["step"],
+                             best_state=copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
+        state["curve"].append(point)
 
     def _clip(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         if self.m.grad_clip is not None:
@@ -259,8 +321,8 @@ class Trainer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         blob = {"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict(), "epoch": state["epoch"], "best_score": state["best_score"],
-                "best_epoch": state["best_epoch"], "best_state": state["best_state"], "history": state["history"]}
+                "scaler": scaler.state_dict(), "method": self.m.training_state(),
+                **{k: state[k] for k in RESUMED}}
         tmp = self.workdir / (CHECKPOINT + ".tmp")
         torch.save(blob, tmp)
         tmp.replace(self.workdir / CHECKPOINT)
@@ -282,7 +344,8 @@ class Trainer:
         if scheduler is not None and blob["scheduler"] is not None:
             scheduler.load_state_dict(blob["scheduler"])
         scaler.load_state_dict(blob["scaler"])
-        state.update({k: blob[k] for k in ("epoch", "best_score", "best_epoch", "best_state", "history")})
+        state.update({k: blob[k] for k in RESUMED if k in blob})
+        self.m.load_training_state(blob.get("method") or {})
         log.info("resumed %s from %s at epoch %d", self.m.display_name(), path, state["epoch"])
         return int(state["epoch"])
 

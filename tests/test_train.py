@@ -138,8 +138,55 @@ def test_best_val_selection_uses_a_holdout_and_records_the_rule(toy):
     train, _ = toy
     m = Tiny(**BASE, select="best_val", val_fraction=0.25).fit(train)
     assert "hold-out" in m.selection_rule_ and "subject-disjoint" in m.selection_rule_
-    assert m.selection_.startswith("best validation accuracy at epoch")
-    assert all("val_accuracy" in h for h in m.train_info_["history"])
+    assert m.selection_.startswith("best validation score at step")
+    curve = m.train_info_["curve"]
+    assert all("val_accuracy" in point for point in curve)
+    best = max(curve, key=lambda point: point["val_score"])      # the first of equal scores, as the loop keeps it
+    assert m.train_info_["best_step"] == best["step"] and m.train_info_["best_val"] == best["val_score"]
+
+
+def test_learning_curve_has_ten_evaluations_and_the_budget_is_counted(toy):
+    train, test = toy
+    m = Tiny(**{**BASE, "epochs": 4}).fit(train, test)
+    info = m.train_info_
+    steps_per_epoch = -(-len(train) // BASE["batch_size"])
+    assert info["train_steps"] == 4 * steps_per_epoch
+    assert info["train_anchor_images"] == 4 * len(train) == info["train_forward_images"]
+    curve = info["curve"]
+    assert len(curve) >= 10 and curve[-1]["step"] == info["train_steps"]
+    assert [p["step"] for p in curve] == sorted({p["step"] for p in curve})
+    assert curve[-1]["anchor_images"] == info["train_anchor_images"]
+    assert all({"val_accuracy", "val_mean_class_accuracy", "train_loss"} <= set(p) for p in curve)
+    final = float((m.predict(test) == test.labels).mean())
+    assert curve[-1]["val_accuracy"] == pytest.approx(final)     # the last point is the final model
+    assert info["train_cpu_seconds"] > 0 and info["train_seconds"] > 0
+
+
+def test_sam_counts_both_passes_as_forward_images(toy):
+    train, _ = toy
+    info = Tiny(**{**BASE, "optimizer": "sam", "epochs": 1}).fit(train).train_info_
+    assert info["train_forward_images"] == 2 * info["train_anchor_images"] == 2 * len(train)
+
+
+def test_resumed_fit_keeps_its_curve_and_counts_every_attempt(toy, tmp_path):
+    train, test = toy
+    full = Tiny(**BASE)
+    full.workdir = str(tmp_path / "full")
+    full.fit(train, test)
+    interrupted = Tiny(**BASE)
+    interrupted.stop_after_epoch = 1
+    interrupted.workdir = str(tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(train, test)
+    resumed = Tiny(**BASE)
+    resumed.workdir = str(tmp_path / "resumed")
+    resumed.fit(train, test)
+    a, b = full.train_info_, resumed.train_info_
+    assert b["resumed_from_epoch"] == 1                          # epoch 1 was interrupted before its checkpoint
+    for key in ("train_steps", "train_anchor_images", "train_forward_images"):
+        assert a[key] == b[key], key
+    assert [p["step"] for p in a["curve"]] == [p["step"] for p in b["curve"]]
+    assert [p["val_accuracy"] for p in a["curve"]] == [p["val_accuracy"] for p in b["curve"]]
 
 
 def test_same_seed_same_weights_different_seed_different(toy):
