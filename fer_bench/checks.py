@@ -14,8 +14,9 @@ from typing import Callable
 import numpy as np
 
 from fer_bench.data import FERDataset, fingerprint_of
-from fer_bench.method import Method, NotFittedError, ParameterError
+from fer_bench.method import Method, NotFittedError, ParameterError, TorchMethod
 from fer_bench.registry import get_method
+from fer_bench.train import epoch_generator
 
 
 def toy_dataset(n: int = 96, size: int = 24, num_classes: int = 3, seed: int = 0, split: str = "train") -> FERDataset:
@@ -125,6 +126,58 @@ def check_save_load_roundtrip(cls, params, train, test, tmp) -> None:
     assert np.allclose(loaded.embed(test), method.embed(test), atol=1e-5), "save/load changed embed."
 
 
+def check_every_trainable_parameter_gets_a_gradient(cls, params, train, test, tmp) -> None:
+    """One training batch by hand: every parameter with ``requires_grad`` that the method does not declare
+    frozen (``frozen_parameters``) must receive a non-zero gradient. A part that never gets one never
+    learns: e.g. a readout that does not see the tokens fed by the pixels."""
+    method = cls(**params)
+    if not isinstance(method, TorchMethod):
+        return
+    method.start_fit(train)
+    method.on_epoch_start(0)
+    generator = epoch_generator(method.seed, 0)
+    index = next(iter(method.sampler(train, generator)))
+    method.model_.train()
+    batch = method.make_batch(index, generator)
+    method.model_.zero_grad(set_to_none=True)
+    method.loss(batch).backward()
+    frozen = method.frozen_parameters()
+    dead = [name for name, p in method.model_.named_parameters()
+            if p.requires_grad and name not in frozen and (p.grad is None or not bool(p.grad.abs().sum() > 0))]
+    assert not dead, (f"{cls.display_name()}: {len(dead)} trainable parameter(s) got no gradient on a training batch "
+                      f"({', '.join(dead[:4])}{', ...' if len(dead) > 4 else ''}); they never influence the loss. "
+                      f"Fix the network, or declare them in frozen_parameters() if they are meant to stay fixed.")
+
+
+EASY_EPOCHS = 6   # the training budget of the easy-dataset check, on top of the test profile
+
+
+def check_beats_the_majority_class_on_an_easy_dataset(cls, params, train, test, tmp) -> None:
+    """On an easy, separable, imbalanced dataset a method that learns anything must beat predicting the
+    most frequent class (by 10 points): catches samplers, schedules and readouts that leave a method at the
+    floor whatever its idea."""
+    if not cls.learns:
+        return
+    easy_train, easy_test = easy_dataset(split="train"), easy_dataset(n=120, split="test")
+    chosen = {**params, "epochs": EASY_EPOCHS} if "epochs" in cls.params else params
+    method = cls(**chosen).fit(easy_train)
+    acc = float((method.predict(easy_test) == easy_test.labels).mean())
+    floor = float(np.bincount(easy_test.labels).max() / len(easy_test))
+    assert acc >= floor + 0.10, (f"{cls.display_name()}: test accuracy {acc:.3f} on the easy dataset after {EASY_EPOCHS} "
+                                 f"epochs of its test profile; the majority class gets {floor:.3f}. A method that "
+                                 f"learns nothing here is stuck at the floor (sampler, schedule, readout?).")
+
+
+def easy_dataset(n: int = 240, size: int = 24, seed: int = 0, split: str = "train") -> FERDataset:
+    """``toy_dataset`` with 4 classes in proportions 2:1:1:1 (the majority class is 40 %)."""
+    base = toy_dataset(n, size, num_classes=5, seed=seed, split=split)
+    labels = np.minimum(base.labels, 4)
+    labels = np.where(labels == 4, 0, labels)          # classes 0 and 4 share corner 0: merged into class 0
+    images = base.images
+    return FERDataset(images=images, labels=labels.astype(np.int64), classes=(1, 2, 3, 4), name="easy", split=split,
+                      fingerprint=fingerprint_of("easy", n, size, seed, split), groups=base.groups)
+
+
 CHECKS: list[Callable] = [
     check_unknown_parameter_rejected,
     check_bad_value_rejected,
@@ -133,4 +186,6 @@ CHECKS: list[Callable] = [
     check_outputs,
     check_same_seed_same_predictions,
     check_save_load_roundtrip,
+    check_every_trainable_parameter_gets_a_gradient,
+    check_beats_the_majority_class_on_an_easy_dataset,
 ]

@@ -8,8 +8,15 @@ What is implemented:
 
 - Tokens: the image (``image_size``, 96 in the study) is cut into a grid of ``patch_size`` patches
   (36 patches of 16 x 16), each flattened and linearly projected ("linear projection of flattened
-  patches"), plus a learned position embedding and a class token; depth-6 pre-norm transformer;
-  the class token's final normalised state is the embedding, a linear head gives the logits.
+  patches"), plus a learned position embedding and a class token; depth-6 pre-norm transformer.
+- Readout (``readout``): ``"mean"`` (default, as PaCa-ViT, which has no class token and classifies the
+  mean of its tokens): the embedding is the mean over the N patch tokens of the final normalised
+  tokens (the class token is left out of the mean; it stays a query and a key / value); a linear head
+  gives the logits. ``"cls"``: the class token's final normalised state. In ``cluster_tokens="static"``
+  mode the class token attends only to itself and the frozen centroids, so ``readout="cls"`` never sees
+  the pixels (``patch_embed`` gets no gradient and the logits ignore the image): kept as a named option
+  (the study's background section describes a class-token ViT; CLS vs mean pooling is not specified for
+  its model, notes 3).
 - Patch clustering (``clustering``): each image's patches are embedded by a frozen network
   (``backbone``: ResNet-50, 2048-d from global average pooling; ImageNet weights with
   ``pretrained="imagenet"`` in the paper profile) and clustered per image into ``clusters`` groups by
@@ -168,12 +175,19 @@ class LearnedClustering(nn.Module):
 
 
 class PaCaViT(nn.Module):
-    """Patch tokens + class token -> ``depth`` blocks of (patch-to-cluster | patch-to-patch) attention."""
+    """Patch tokens + class token -> ``depth`` blocks of (patch-to-cluster | patch-to-patch) attention.
+
+    ``readout``: "mean" = mean of the final normalised patch tokens (class token excluded), "cls" = the
+    final normalised class token.
+    """
 
     def __init__(self, num_classes: int, image_size: int, patch_size: int, dim: int, depth: int, heads: int,
                  mlp_ratio: float, dropout: float, mode: str, clusters: int, static_dim: int | None = None,
-                 cluster_norm: bool = True, learned_head: str = "conv"):
+                 cluster_norm: bool = True, learned_head: str = "conv", readout: str = "mean"):
         super().__init__()
+        if readout not in ("mean", "cls"):
+            raise ValueError(f"readout must be 'mean' or 'cls'. Got {readout!r} instead.")
+        self.readout = readout
         self.grid, self.patch, self.mode, self.clusters = image_size // patch_size, patch_size, mode, clusters
         n = self.grid ** 2
         self.patch_embed = nn.Linear(3 * patch_size * patch_size, dim)
@@ -198,7 +212,7 @@ class PaCaViT(nn.Module):
 
     def features(self, x: torch.Tensor, assign: torch.Tensor | None = None,
                  centroids: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3, S, S), assignments (B, N) and, in static mode, centroids (B, M, D_e) -> class token (B, C)."""
+        """(B, 3, S, S), assignments (B, N) and, in static mode, centroids (B, M, D_e) -> embedding (B, C)."""
         t = self.tokens(x)
         z = mask = cen = None
         if self.mode in ("pooled", "static"):
@@ -213,7 +227,8 @@ class PaCaViT(nn.Module):
             if self.mode == "learned" and i == 0:
                 z = self.learned(block.norm1(t)[:, 1:])                   # (B, M, N), computed in the first block
             t = block(t, z, mask, cen)
-        return self.norm(t)[:, 0]                                         # (B, C)
+        t = self.norm(t)                                                  # (B, 1+N, C)
+        return t[:, 1:].mean(1) if self.readout == "mean" else t[:, 0]    # (B, C)
 
     def forward(self, x: torch.Tensor, assign: torch.Tensor | None = None,
                 centroids: torch.Tensor | None = None) -> torch.Tensor:
@@ -250,6 +265,9 @@ class PaCa(TorchMethod):
         "hdbscan_noise": Param("nearest", choices=PC.HDBSCAN_NOISE),
         "learned_head": Param("conv", choices=("conv", "linear")),
         "cluster_norm": Param(True, bool, doc="LayerNorm on pooled / learned cluster tokens (PaCa-ViT)"),
+        "readout": Param("mean", choices=("mean", "cls"),
+                         doc="embedding: mean of the final normalised patch tokens, class token excluded (PaCa-ViT's "
+                             "mean pooling); cls: the class token, which in static mode never sees the pixels"),
         "dim": Param(192, int, low=1),
         "depth": Param(6, int, low=1),
         "heads": Param(3, int, low=1),
@@ -339,12 +357,9 @@ class PaCa(TorchMethod):
         return assign, centroids
 
     # -- training hooks ----------------------------------------------------------------------------------
-    def _fit(self, train: FERDataset, val: FERDataset | None) -> None:
-        self._check_settings()
-        self.cluster_stats_ = {}
-        super()._fit(train, val)
-
     def _load_training_data(self, train: FERDataset) -> None:
+        self._check_settings()              # before the resize and the clustering (build checks again)
+        self.cluster_stats_ = {}
         super()._load_training_data(train)
         self.train_assign_, self.train_centroids_ = self._aux(train.images, train.fingerprint, role="train")
 
@@ -358,7 +373,7 @@ class PaCa(TorchMethod):
         self._check_settings()
         return PaCaViT(num_classes, self.image_size, self.patch_size, self.dim, self.depth, self.heads, self.mlp_ratio,
                        self.dropout, self._mode(), self.clusters, self._static_dim(), self.cluster_norm,
-                       self.learned_head)
+                       self.learned_head, self.readout)
 
     def make_batch(self, index: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         batch = super().make_batch(index, generator)

@@ -27,7 +27,7 @@ from torch import nn
 
 import fer_bench.models.qcs_blocks as QB
 from fer_bench.data import FERDataset
-from fer_bench.method import Param, ParameterError, TorchMethod
+from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, Param, ParameterError, TorchMethod
 from fer_bench.models import build_backbone
 from fer_bench.registry import register_method
 from fer_bench.train import CHECKPOINT
@@ -195,8 +195,8 @@ class _CrossSimilarity(TorchMethod):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.model_(x)                                           # (B, K)
 
-    def _fit(self, train: FERDataset, val: FERDataset | None) -> None:
-        super()._fit(train, val)
+    def after_fit(self, train: FERDataset) -> None:
+        """Inference uses the base branch only: count the training-time parameters, then drop the rest."""
         net = self.model_
         self.train_params_ = sum(p.numel() for p in net.parameters())
         self.theta_k_ = [float(m.theta.detach().tanh()) for m in net.csa] if hasattr(net, "csa") and self.branches == 4 else []
@@ -239,7 +239,9 @@ class _CrossSimilarity(TorchMethod):
 # synthetic (2,000 images, base network alone, Adam): at lr 1e-3 or 2e-3 the POSTER ViT never leaves the
 # class prior (loss flat at 1.633 for 10 epochs, while the same trunk with a linear head learns), at 2e-4
 # it does (epoch 5: 50 %), at 5e-5 it is too slow. Width 64 with 4 heads (16 per head) as in that probe.
-QUICK = {"backbone": "qcs_small", "image_size": 48, "embed_dim": 64, "heads": 4, "epochs": 4, "batch_size": 32,
+# The shared quick budget (was 4 epochs of 32 quadruplets): QUICK_EPOCHS of QUICK_BATCH anchors per step.
+QUICK = {"backbone": "qcs_small", "image_size": 48, "embed_dim": 64, "heads": 4, "epochs": QUICK_EPOCHS,
+         "batch_size": QUICK_BATCH,
          "lr": 2e-4, "gamma": 0.9, "augment": "light", "eval_batch_size": 256}
 TEST = {"backbone": "qcs_tiny", "image_size": 24, "embed_dim": 16, "epochs": 1, "batch_size": 16, "lr": 1e-3,
         "augment": "light", "eval_batch_size": 64}

@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ from torch import nn
 from fer_bench import labels as L
 from fer_bench import wordvec
 from fer_bench.data import FERDataset, stratified_holdout
-from fer_bench.method import Param, TorchMethod
+from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, Param, TorchMethod
 from fer_bench.models import build_backbone
 from fer_bench.registry import register_method
 from fer_bench_methods.baseline import BackboneClassifier
@@ -237,7 +237,7 @@ class SCEALD(TorchMethod):
         "test": {"epochs": 2, "image_size": 24, "batch_size": 64, "ae_epochs": 1, "ld_start": 0.5,
                  "ae_backbone": "smallcnn_tiny"},
         # The baseline's quick settings (so beta=1 reproduces the baseline exactly) + a short AE stage.
-        "quick": {"epochs": 10, "image_size": 48, "batch_size": 128, "lr": 2e-3, "scheduler": "cosine",
+        "quick": {"epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 2e-3, "scheduler": "cosine",
                   "ae_epochs": 3, "ae_lr": 2e-3},
         # Section III-D: VGG16 task backbone, batch 32, lr 1e-4, 40 epochs, LD term from the 10th epoch,
         # beta 0.7, 224 px MTCNN-aligned faces. Optimiser unstated (Adam is our choice); the MS-Celeb-1M
@@ -252,8 +252,7 @@ class SCEALD(TorchMethod):
         backbone = build_backbone(self.backbone, pretrained=self.pretrained, in_size=self.image_size)
         return BackboneClassifier(backbone, num_classes, self.dropout)
 
-    def _load_training_data(self, train: FERDataset) -> None:
-        super()._load_training_data(train)
+    def on_fit_start(self, train: FERDataset) -> None:
         self.word_vectors_ = torch.from_numpy(wordvec.emotion_vectors(train.classes, self.word_vectors))  # (C, Dw)
         self.word_cosines_ = torch.from_numpy(wordvec.cosine_matrix(self.word_vectors_.numpy())).float()  # (C, C)
         self.train_fingerprint_ = train.fingerprint
@@ -262,6 +261,7 @@ class SCEALD(TorchMethod):
         self.label_distributions_ = None
         self.confidences_ = None
         self.amend_history_ = []
+        self.amend_images_ = 0                    # images through the network in the no-grad amend passes
         self.current_epoch_ = 0
 
     def _train_semantic_space(self, train: FERDataset) -> None:
@@ -282,11 +282,8 @@ class SCEALD(TorchMethod):
         """0-based index of the first epoch whose loss has the distribution term."""
         return int(round(self.ld_start * self.epochs))
 
-    def sampler(self, train: FERDataset, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        # The trainer seeds epoch e's generator with seed * 1_000_003 + e (fer_bench.train.epoch_generator);
-        # reading e back keeps the schedule right after a resume from a checkpoint.
-        self.current_epoch_ = int(generator.initial_seed() - self.seed * 1_000_003)
-        yield from super().sampler(train, generator)
+    def on_epoch_start(self, epoch: int) -> None:
+        self.current_epoch_ = epoch
 
     def _ld_active(self) -> bool:
         return self.beta < 1.0 and self.current_epoch_ >= self.first_ld_epoch()
@@ -307,6 +304,7 @@ class SCEALD(TorchMethod):
             with self._autocast():
                 feats.append(self.features(self.fetch(index, augment=False)).float())
         feats = torch.cat(feats)                                            # (N, D)
+        self.amend_images_ = getattr(self, "amend_images_", 0) + n
         labels, c = self.train_labels_, self.num_classes_
         previous = self.confidences_ if self.confidences_ is not None else torch.ones(n, device=feats.device)
         self.task_relations_ = cosine_relations(feats, weighted_prototypes(feats, labels, previous, c, self.prototype_norm))
@@ -335,6 +333,16 @@ class SCEALD(TorchMethod):
         return mixed_loss(logits, batch["y"], dist, self.beta)
 
     # -- after training --------------------------------------------------------------------------------
+    def after_fit(self, train: FERDataset) -> None:
+        """The auto-encoder stage is part of this method's cost: its images and seconds are added; its
+        anchors are reported apart (``train_aux_anchor_images``), the budget counts the task network's."""
+        ae, info = self.ae_.train_info_, self.train_info_
+        for key in ("train_seconds", "train_cpu_seconds", "train_forward_images"):
+            info[key] += ae[key]
+        info["train_forward_images"] += self.amend_images_
+        info["train_aux_anchor_images"] = ae["train_anchor_images"]
+        info["train_aux_steps"] = ae["train_steps"]
+
     @torch.no_grad()
     def amend(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(l, alpha) of new images with the final prototypes: Eq. 6 and Eq. 5 (labels are not needed)."""

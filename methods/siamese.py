@@ -54,7 +54,7 @@ from torch import nn
 
 from fer_bench import labels as L
 from fer_bench.data import FERDataset
-from fer_bench.method import Param, ParameterError, TorchMethod
+from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, EmbeddingMethod, Param, ParameterError
 from fer_bench.models import WeightsUnavailable, build_backbone
 from fer_bench.registry import register_method
 
@@ -146,7 +146,7 @@ def small3(width: int = 32, pool_conv3: bool = False, batchnorm: bool = False) -
 
 
 @register_method("siamese")
-class Siamese(TorchMethod):
+class Siamese(EmbeddingMethod):
     """Siamese network in a 2-D similarity space trained with the contrastive loss on same / different pairs."""
 
     params = {
@@ -192,10 +192,11 @@ class Siamese(TorchMethod):
         # Q3 dropout 0: dropout noise moves the 2-D points as much as the classes do at margin 1.
         # Q4 no frozen stage: frozen random convolutions carry almost no class information (a cross-entropy
         #    probe on them: 22 % after 12 epochs, chance 16.7 %), so stage 1 only costs epochs.
-        # Q5 30 epochs of 7,000 images: the clusters split in stages (Surprise and Anger first, Happy / Sad
-        #    last, after ~25 epochs); 65 % test accuracy at 30 epochs (53 % at 15), 8-9 minutes on one core.
+        # Q5 (was 30 epochs; now the shared quick budget, QUICK_EPOCHS of QUICK_BATCH): at 30 epochs of 7,000
+        #    images the clusters split in stages (Surprise and Anger first, Happy / Sad last, after ~25 epochs);
+        #    65 % test accuracy at 30 epochs, 53 % at 15. Equal terms with the other methods cost it epochs.
         "quick": {"trunk": "small3", "trunk_width": 32, "batchnorm": True, "fc4": 512, "fc5": 128, "image_size": 48,
-                  "epochs": 30, "freeze_epochs": 0, "batch_size": 128, "optimizer": "adam", "lr": 3e-4,
+                  "epochs": QUICK_EPOCHS, "freeze_epochs": 0, "batch_size": QUICK_BATCH, "optimizer": "adam", "lr": 3e-4,
                   "dropout": 0.0, "scheduler": "none", "augment": "light", "snapshots": 4},
         # Paper: AlexNet conv1-3 from ImageNet, 227 px, fc 1024-256-2, dropout, SGD lr 1e-4 with a step
         # policy (step 5000 iterations; gamma and momentum not given: 0.1 and 0.9 assumed), stage 1
@@ -254,7 +255,7 @@ class Siamese(TorchMethod):
         n, per_batch = len(labels), max(1, self.batch_size // 2)
         by_class = [torch.nonzero(labels == c).flatten() for c in range(int(labels.max()) + 1)]
         others = [torch.nonzero(labels != c).flatten() for c in range(int(labels.max()) + 1)]
-        for _ in range(max(1, n // self.batch_size)):
+        for _ in range(max(1, n // per_batch)):                                     # one pair per training image
             left = torch.randint(0, n, (per_batch,), generator=generator)           # (P,)
             if self.same_fraction is None:                                            # uniform pairs, i != j
                 right = (left + torch.randint(1, max(n, 2), (per_batch,), generator=generator)) % n
@@ -268,11 +269,6 @@ class Siamese(TorchMethod):
                         pool = by_class[c]
                     right[k] = pool[torch.randint(0, len(pool), (1,), generator=generator)]
             yield torch.cat([left, right])                                            # (2P,)
-
-    def make_batch(self, index: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        if not self.snapshots_:
-            self._snapshot("start")
-        return super().make_batch(index, generator)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         z = self.model_(batch["x"]).float()                                          # (B, 2)
@@ -296,7 +292,16 @@ class Siamese(TorchMethod):
             self.model_.finetune.fill_(True)
             log.info("siamese: convolutional layers unfrozen after epoch %d", done)
 
-    def validation_score(self, val: FERDataset) -> float:
+    def frozen_parameters(self) -> set[str]:
+        """The trunk while the first stage keeps it frozen."""
+        if bool(self.model_.finetune):
+            return set()
+        return {f"trunk.{name}" for name, _ in self.model_.trunk.named_parameters()}
+
+    def batch_anchors(self, batch: dict[str, torch.Tensor]) -> int:
+        return len(batch["y"]) if self.pairs == "batch" else len(batch["y"]) // 2
+
+    def validation_score(self, val: FERDataset, pred: np.ndarray) -> float:
         """Minus the contrastive loss over all pairs of the validation set (higher is better)."""
         z = torch.from_numpy(self._embed(val.images))                                # (N, 2)
         y = torch.from_numpy(val.labels)
@@ -311,7 +316,7 @@ class Siamese(TorchMethod):
             count += int(upper.sum())
         return -total / max(count, 1)
 
-    def _fit(self, train: FERDataset, val: FERDataset | None) -> None:
+    def on_fit_start(self, train: FERDataset) -> None:
         if self.freeze_epochs > self.epochs:
             raise ParameterError(f"siamese: freeze_epochs ({self.freeze_epochs}) must be <= epochs ({self.epochs}); "
                                  f"lower freeze_epochs or raise epochs.")
@@ -322,12 +327,13 @@ class Siamese(TorchMethod):
         self.snapshot_epochs_ = {int(e) for e in marks} | ({self.freeze_epochs} if 0 < self.freeze_epochs else set())
         self.snapshots_: list[tuple[str, np.ndarray]] = []
         self.pair_counts_ = [0, 0]
-        super()._fit(train, val)
-        if hasattr(self, "snapshot_images_"):
-            if self.select == "best_val":                                               # the reloaded best epoch
-                self._snapshot(f"selected (best validation loss, epoch {self.train_info_['best_epoch']})")
-            del self.snapshot_images_
-        self._set_gallery(self._embed(train.images), train.labels)
+        self._snapshot("start")
+
+    def after_fit(self, train: FERDataset) -> None:
+        if self.select == "best_val":                                                   # the reloaded best weights
+            self._snapshot(f"selected (best validation loss, epoch {self.train_info_['best_epoch']:g})")
+        del self.snapshot_images_
+        super().after_fit(train)
 
     def _snapshot(self, label: str) -> None:
         """The 2-D output of a fixed subset of training images now (eval mode, no augmentation)."""
@@ -346,40 +352,12 @@ class Siamese(TorchMethod):
         self.model_.train(was_training)
         self.snapshots_.append((label, torch.cat(out).numpy()))
 
-    # -- prediction ----------------------------------------------------------------------------------
-    def _set_gallery(self, emb: np.ndarray, labels: np.ndarray) -> None:
-        emb = np.asarray(emb, dtype=np.float32)
-        cents = np.full((self.num_classes_, emb.shape[1]), np.nan, dtype=np.float32)
-        for c in range(self.num_classes_):
-            if (labels == c).any():
-                cents[c] = emb[labels == c].mean(0)
-        self.centroids_ = cents                                                      # (C, D); NaN: class unseen
-        self.gallery_ = emb if self.classifier == "knn" else None
-        self.gallery_labels_ = np.asarray(labels, dtype=np.int64) if self.classifier == "knn" else None
-
-    def _predict_proba(self, images: np.ndarray) -> np.ndarray:
-        emb = self._embed(images)                                                    # (N, D)
-        if self.classifier == "knn":
-            from fer_bench.metrics import knn_predict_proba
-            k = min(self.knn_k, len(self.gallery_))
-            return knn_predict_proba(self.gallery_, self.gallery_labels_, emb, k=k, num_classes=self.num_classes_)
-        d = torch.cdist(torch.from_numpy(emb), torch.from_numpy(np.nan_to_num(self.centroids_, nan=0.0)))  # (N, C)
-        d[:, torch.from_numpy(np.isnan(self.centroids_).any(1))] = math.inf
-        return torch.softmax(-d / self.temperature, dim=1).numpy()
-
-    def _get_state(self) -> dict[str, Any]:
-        state = super()._get_state()
-        state["centroids"] = torch.from_numpy(self.centroids_)
-        if self.gallery_ is not None:
-            state["gallery"] = torch.from_numpy(self.gallery_)
-            state["gallery_labels"] = torch.from_numpy(self.gallery_labels_)
-        return state
-
-    def _set_state(self, state: dict[str, Any]) -> None:
-        super()._set_state(state)
-        self.centroids_ = state["centroids"].numpy()
-        self.gallery_ = state["gallery"].numpy() if "gallery" in state else None
-        self.gallery_labels_ = state["gallery_labels"].numpy() if "gallery_labels" in state else None
+    # -- prediction: the base's centroid / kNN classifier, with this paper's soft assignment -------------
+    def _centroid_logits(self, emb: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """(N, C) minus the distance to each training-class centroid over ``temperature``."""
+        d = torch.cdist(emb.float(), torch.nan_to_num(means.float()))                 # (N, C)
+        d[:, torch.isnan(means).any(1)] = math.inf
+        return -d / self.temperature
 
     # -- figures and extra results -------------------------------------------------------------------
     def extra_results(self, out_dir: Path, train: FERDataset, test: FERDataset) -> dict[str, float]:

@@ -1,8 +1,10 @@
 """Patch-to-cluster attention (methods/paca.py): shapes, masking of empty clusters, equivalence to
-patch-to-patch attention when every patch is its own cluster, and cache reuse across fits."""
+patch-to-patch attention when every patch is its own cluster, cache reuse across fits, gradients reaching
+every parameter with the mean readout (and none reaching the pixels with the static class-token readout)."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fer_bench_methods.paca as P  # registers paca, paca_learned, vit
 from fer_bench import clustering as PC
@@ -106,3 +108,71 @@ def test_torch_backend_and_bad_geometry_are_checked(toy):
         P.PaCa(**{**base, "clustering": "spectral", "cluster_backend": "torch"}).fit(train)
     fitted = P.PaCa(**{**base, "cluster_backend": "torch"}).fit(train)
     assert fitted.cluster_stats_["train"]["backend"] == "torch"
+
+
+MODES = [("static", 6), ("pooled", None), ("learned", None), ("none", None)]   # (mode, static_dim)
+
+
+def one_step_grads(mode, static_dim, readout="mean", seed=0):
+    """One cross-entropy forward / backward on a small seeded random batch; the network and its grads."""
+    torch.manual_seed(seed)
+    model = P.PaCaViT(num_classes=3, image_size=16, patch_size=4, dim=16, depth=2, heads=2, mlp_ratio=2.0,
+                      dropout=0.0, mode=mode, clusters=4, static_dim=static_dim, readout=readout).train()
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 1])
+    assign = torch.randint(0, 4, (4, 16))                                 # (B, N)
+    centroids = torch.randn(4, 4, static_dim) if static_dim else None     # (B, M, D_e)
+    F.cross_entropy(model(x, assign, centroids), y).backward()
+    return model
+
+
+@pytest.mark.parametrize("mode,static_dim", MODES)
+def test_every_parameter_gets_a_gradient_with_the_mean_readout(mode, static_dim):
+    model = one_step_grads(mode, static_dim)
+    dead = [name for name, p in model.named_parameters()
+            if p.requires_grad and (p.grad is None or not p.grad.abs().gt(0).any())]
+    assert dead == []
+    assert model.patch_embed.weight.grad.abs().sum() > 0
+
+
+def test_cls_readout_in_static_mode_never_sees_the_pixels():
+    """The old default: the class token attends to itself and the frozen centroids only."""
+    model = one_step_grads("static", 6, readout="cls")
+    assert model.patch_embed.weight.grad is not None and torch.equal(model.patch_embed.weight.grad,
+                                                                     torch.zeros_like(model.patch_embed.weight))
+    model.eval()
+    assign, centroids = torch.randint(0, 4, (2, 16)), torch.randn(2, 4, 6)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(model(x, assign, centroids), model(torch.randn(2, 3, 16, 16), assign, centroids))
+
+
+def test_mean_readout_in_static_mode_depends_on_the_pixels():
+    model = one_step_grads("static", 6).eval()
+    assign, centroids = torch.randint(0, 4, (2, 16)), torch.randn(2, 4, 6)
+    x = torch.randn(2, 3, 16, 16)
+    out = model(x, assign, centroids)
+    assert not torch.allclose(model(torch.randn(2, 3, 16, 16), assign, centroids), out, atol=1e-4)
+
+
+def test_readout_parameter_reaches_the_network():
+    for readout in ("mean", "cls"):
+        params = P.PaCa.resolve_params("test", overrides={"device": "cpu", "readout": readout})
+        assert params["readout"] == readout
+        assert P.PaCa(**params).build(3).readout == readout
+    assert P.PaCa.resolve_params("paper")["readout"] == "mean"
+    with pytest.raises(ParameterError):
+        P.PaCa(**P.PaCa.resolve_params("test", overrides={"readout": "avg"}))
+
+
+def test_bad_settings_fail_before_any_embedding_or_clustering(toy, monkeypatch):
+    train, _ = toy
+
+    def boom(*args, **kwargs):
+        raise AssertionError("expensive work started before the settings were checked")
+
+    monkeypatch.setattr(PC, "patch_embeddings", boom)
+    monkeypatch.setattr(PC, "cached_assignments", boom)
+    base = P.PaCa.resolve_params("test", overrides={"device": "cpu"})
+    with pytest.raises(ParameterError, match="multiple of 'patch_size'"):
+        P.PaCa(**{**base, "patch_size": 5}).fit(train)
+    with pytest.raises(ParameterError, match="k-means only"):
+        P.PaCa(**{**base, "clustering": "spectral", "cluster_backend": "torch"}).fit(train)

@@ -209,7 +209,7 @@ def test_dgms_splits_classes_and_scores_subclasses_against_a_known_factor(tmp_pa
     for data in (train, test):   # a made-up sub-class factor, as the synthetic dataset's "variant"
         data.factors = pd.DataFrame({"variant": np.arange(len(data)) % 2,
                                      "variant_name": np.where(np.arange(len(data)) % 2, "b", "a")})
-    m = DGMS(device="cpu", epochs=1, image_size=16, n_per_class=6, eval_batch_size=128, levels=3, mc=10,
+    m = DGMS(device="cpu", epochs=3, image_size=16, n_per_class=6, eval_batch_size=128, levels=3, mc=10,
              gmm_covariance="diag").fit(train)
     assert len(m.parent_) == 9 and np.array_equal(np.bincount(m.parent_.numpy()), [3, 3, 3])
     assert np.all(m.parent_.numpy()[m.subclass_labels_.numpy()] == train.labels)
