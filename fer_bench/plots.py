@@ -467,7 +467,7 @@ def plot_learning_curves(curves: pd.DataFrame, path: str | os.PathLike, title: s
               ("train_loss", "training loss")]
     fig = _new_figure(15.0, 4.4)
     axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
-    labels = list(dict.fromkeys(curves["label"]))
+    labels = sorted(set(curves["label"]))
     for i, label in enumerate(labels):
         colour = PALETTE[i % len(PALETTE)]
         for j, (seed, part) in enumerate(curves[curves["label"] == label].groupby("seed")):

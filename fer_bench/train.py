@@ -1,7 +1,7 @@
 """The one training loop every torch method uses (DESIGN.md section 4).
 
-``Trainer(method).fit(train, val)`` runs epochs of ``method.sampler`` -> ``method.make_batch`` ->
-``method.loss`` -> optimizer step, with:
+``Trainer(method).fit(train, val)`` runs epochs of ``method.on_epoch_start`` -> ``method.sampler`` ->
+``method.make_batch`` -> ``method.loss`` -> optimizer step -> ``method.on_epoch_end``, with:
 
 - optimizers adam, adamw, sgd and sam (Sharpness-Aware Minimisation, Foret et al. ICLR 2021, wrapping
   a base optimizer: ascend to w + rho g/||g||, take the gradient there, step from w);
@@ -14,7 +14,10 @@
 - a guard that raises :class:`Diverged` naming epoch and step when the loss is NaN or inf;
 - atomic checkpoints (``last.pt`` in the method's work directory, written as temp file + rename)
   and resume from them;
-- model selection on validation data only (``select='best_val'``), the rule recorded.
+- the cell's budget and cost (steps, anchor images, forward images, wall and CPU seconds, summed over
+  resumed attempts) and its learning curve: training loss and validation accuracy / mean class accuracy
+  at ``EVAL_POINTS`` evenly spaced steps, carried through checkpoints;
+- model selection on validation data only (``select='best_val'``) among those evaluations, the rule recorded.
 
 The trainer knows nothing about the model: it reads the method's hooks and hyperparameters.
 """

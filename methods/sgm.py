@@ -15,21 +15,29 @@ Expression Recognition" (the SGMLoss paper); what the authors' code does is in
   d^2 > ~50 at sigma 0.5, which makes the loss 1 with zero gradient). Batches hold exactly
   ``n_per_class`` images of every class (the paper's n x c batch, n = 30). The authors' ``mix`` and
   ``knn`` loss extras are not in the paper and are left out.
-- ``triplet`` (``Triplet``): the paper's TripletLoss baseline as the authors' TorchMtc code trains it:
-  random triplets (anchors balanced over classes, a random positive of the anchor's class other than
-  the anchor, a negative drawn uniformly from the other classes, no mining), margin 1.0 on raw
-  Euclidean distances, averaged over triplets, plus ``reg_lambda`` x the sum of the Frobenius norms of
-  the anchor, positive and negative batches (1e-3 in that code).
-- Both classify with a kNN vote (k = 11, Table 2) among the training embeddings, computed once after
-  ``fit`` (ties go to the smaller class index, as scikit-learn's classifier the authors used);
-  ``SGM`` can instead return the Gaussian posterior around the training class means
-  (``classifier='gaussian'``, Eq. 1 and 5: its arg-max is the nearest class mean). ``embed`` is the
-  64-d embedding (a linear layer on the backbone's pooled vector, no normalisation).
-- ``dgms`` (``DGMS``): Deep Gaussian Mixture Sub-space learning (section 3.2, Algorithm 2). Level 1
-  trains SGM on the labels; each level l = 2..L embeds the training set, splits every class into
-  ``min(l, n_c // mc)`` components with EM (scikit-learn ``GaussianMixture``, full covariance),
-  relabels the components with running offsets and continues training SGM on the sub-classes (warm
-  start, as the authors' ``train_mitosis.py``; the printed algorithm never increments l, we do).
+- ``triplet`` (``Triplet``): the paper's TripletLoss baseline. ``sampling='random'`` (the ``paper``
+  profile) trains it as the authors' TorchMtc code: random triplets (anchors balanced over classes, a
+  random positive of the anchor's class other than the anchor, a negative drawn uniformly from the other
+  classes, no mining), margin 1.0 on raw Euclidean distances, averaged over triplets, plus
+  ``reg_lambda`` x the sum of the Frobenius norms of the anchor, positive and negative batches (1e-3 in
+  that code). ``sampling='batch_all'`` (the ``test`` and ``quick`` profiles, a named deviation) draws
+  class-balanced batches and uses every valid in-batch triplet (Hermans et al. 2017), averaged over the
+  triplets with a non-zero hinge, plus ``reg_lambda`` x the Frobenius norm of the batch: with random
+  triplets the quick run never left the untrained network's accuracy.
+- All three are ``EmbeddingMethod``s (``fer_bench.method``): they classify with a kNN vote (k = 11,
+  Table 2) among the training embeddings, computed once after ``fit`` (ties go to the smaller class
+  index, as scikit-learn's classifier the authors used); ``SGM`` can instead return the Gaussian
+  posterior around the training class means (``classifier='gaussian'``, Eq. 1 and 5: its arg-max is the
+  nearest class mean). ``embed`` is the 64-d embedding (a linear layer on the backbone's pooled vector,
+  no normalisation). Batches of SGM and batch-all triplets hold ``n_per_class`` images of every class
+  (None: ``batch_size // classes``, so a step has about ``batch_size`` anchors like every other method).
+- ``dgms`` (``DGMS``): Deep Gaussian Mixture Sub-space learning (section 3.2, Algorithm 2), as stages of
+  one fit: ``epochs`` (the whole budget) is split into ``levels`` equal stages. Level 1 trains SGM on
+  the labels; at the start of each level l = 2..L the current embeddings of the training set are split
+  class by class into ``min(l, n_c // mc)`` components with EM (scikit-learn ``GaussianMixture``, full
+  covariance), the components are relabelled with running offsets and training continues on the
+  sub-classes with the same network and optimizer (a warm start, as the authors' ``train_mitosis.py``;
+  the printed algorithm never increments l, we do). The sub-class labels travel in the checkpoint.
   ``extra_results`` writes the sub-class assignments, for a chosen class the 16 training images
   nearest each sub-class medoid (Figures 8-9) and a 2-D map coloured by sub-class (Figure 7), and,
   when the test set carries the true ``variant`` factor (the synthetic dataset), the NMI between the

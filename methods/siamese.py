@@ -38,7 +38,8 @@ Deviations, each a parameter: the AlexNet trunk is torchvision's (64/192/384 cha
 after conv3 unless ``pool_conv3``; Caffe's step size of 5000 iterations becomes ``step_size`` in epochs
 (the trainer steps schedulers per epoch), gamma 0.1 and dropout 0.5 are assumptions (the paper gives
 neither); the quick profile uses the small trunk with BatchNorm at 48 px, Adam (lr 3e-4), no dropout and
-no frozen stage, for 30 epochs (the named deviations Q1-Q5 at its profile, with the measurements behind them).
+no frozen stage, for the shared quick budget (the named deviations Q1-Q5 at its profile, with the measurements
+behind them). Prediction is the shared ``EmbeddingMethod`` classifier with this paper's soft assignment.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import torch
 from fer_bench import metrics as M
 from fer_bench.checks import toy_dataset
 from fer_bench.method import Method
-from fer_bench_methods.sgm import (DGMS, SGM, gmm_split, n_per_class_batches, random_triplets, sgm_loss,
+from fer_bench_methods.sgm import (DGMS, SGM, batch_all_triplet_loss, gmm_split, n_per_class_batches, random_triplets, sgm_loss,
                                    triplet_loss, within_class_nmi)
 
 
@@ -149,6 +149,24 @@ def test_triplet_loss_matches_the_python_oracle():
 
 
 # -- DGMS split -----------------------------------------------------------------------------------
+
+def test_batch_all_triplet_loss_matches_a_python_loop_over_every_valid_triplet():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(12, 5, generator=g, dtype=torch.float64) * 0.6
+    y = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 0, 2, 1])
+    hinges = []
+    for a in range(12):
+        for p in range(12):
+            for n in range(12):
+                if a != p and y[a] == y[p] and y[n] != y[a]:
+                    h = max(0.0, float((z[a] - z[p]).norm() - (z[a] - z[n]).norm()) + 0.8)
+                    hinges.append(h)
+    positive = [h for h in hinges if h > 0]
+    expected = sum(positive) / len(positive) + 1e-3 * float(z.norm())
+    assert batch_all_triplet_loss(z, y, margin=0.8, reg_lambda=1e-3).item() == pytest.approx(expected, rel=1e-5)
+    far = torch.cat([torch.zeros(4, 5), torch.full((4, 5), 10.0)])             # two far-apart point clusters
+    assert batch_all_triplet_loss(far, torch.tensor([0] * 4 + [1] * 4), 1.0, 0.0).item() == 0.0
+
 
 def test_gmm_split_gives_the_expected_number_of_subclasses():
     rng = np.random.default_rng(0)
