@@ -59,7 +59,7 @@ from torch import nn
 
 from fer_bench import clustering as PC
 from fer_bench.data import FERDataset
-from fer_bench.method import Param, ParameterError, TorchMethod
+from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, Param, ParameterError, TorchMethod
 from fer_bench.registry import register_method
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,8 @@ class PaCa(TorchMethod):
         # CPU minutes: the study's geometry (96 px, 36 patches of 16) with a small random-init embedding
         # network (ImageNet weights cannot be downloaded here) and a narrower ViT of the same depth.
         "quick": {"backbone": "smallcnn_tiny", "image_size": 96, "patch_size": 16, "dim": 64, "heads": 4,
-                  "epochs": 6, "batch_size": 64, "lr": 1e-3, "dropout": 0.1, "cluster_workers": 2},
+                  "epochs": QUICK_EPOCHS, "batch_size": QUICK_BATCH, "lr": 1e-3, "dropout": 0.1,
+                  "cluster_workers": 2},
         # The study: Adam 1e-3, cross-entropy, depth 6, 30 epochs, ResNet-50 (ImageNet) patch embeddings,
         # 96 px / 16 px patches. Width 384 and 6 heads (notes 3.4 item 5), batch 128: our choice.
         "paper": {"backbone": "resnet50", "pretrained": "imagenet", "image_size": 96, "patch_size": 16, "dim": 384,

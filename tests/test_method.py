@@ -74,3 +74,14 @@ def test_majority_predicts_most_frequent_training_class(toy):
     m = get_method("majority")().fit(train.with_labels(labels, "skew"))
     assert (m.predict(test) == 2).all()
     assert np.allclose(m.predict_proba(test)[0], np.bincount(labels, minlength=3) / len(labels))
+
+
+def test_every_registered_torch_method_has_the_shared_quick_budget():
+    """Equal terms: the quick profile of every torch method trains QUICK_EPOCHS at QUICK_BATCH anchors per step."""
+    from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, TorchMethod
+    from fer_bench.registry import METHODS, get_method
+    for name in METHODS.names():
+        cls = get_method(name)
+        if issubclass(cls, TorchMethod):
+            params = cls.resolve_params("quick")
+            assert (params["epochs"], params["batch_size"]) == (QUICK_EPOCHS, QUICK_BATCH), name
