@@ -628,7 +628,7 @@ class EmbeddingMethod(TorchMethod):
 
     # -- the gallery ----------------------------------------------------------------------------------
     def after_fit(self, train: FERDataset) -> None:
-        self._set_gallery(self._embed(train.images), self.gallery_classes(self.train_labels_.cpu().numpy()))
+        self._set_gallery(self.train_embeddings(), self.gallery_classes(self.train_labels_.cpu().numpy()))
 
     def _set_gallery(self, emb: np.ndarray, labels: np.ndarray) -> None:
         self.gallery_emb_ = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))   # (N, D)
@@ -640,19 +640,13 @@ class EmbeddingMethod(TorchMethod):
         if self.classifier == "knn":
             k = min(self.knn_k, len(labels))
             return M.knn_predict_proba(gallery, labels, emb, k=k, num_classes=self.num_classes_, device=self.device_)
-        elif self.classifier in ("centroid", "gaussian"):
+        else:  # every other declared choice ('centroid'; SGM calls it 'gaussian') is the nearest-centroid rule
             means = class_means(torch.from_numpy(gallery), torch.from_numpy(labels), self.num_classes_)  # (C, D)
             return torch.softmax(self._centroid_logits(torch.from_numpy(np.asarray(emb, np.float32)), means),
                                  dim=1).float().numpy()
-        else:
-            raise ParameterError(f"The 'classifier' parameter of {self.display_name()} must be one of "
-                                 f"{self.params['classifier'].choices}. Got {self.classifier!r} instead.")
 
     def _centroid_logits(self, emb: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-        """(N, C) minus squared distance to each class mean over 2 sigma^2; -inf for classes never seen."""
-        d2 = torch.cdist(emb.double(), torch.nan_to_num(means.double())).pow(2)         # (N, C)
-        d2[:, torch.isnan(means).any(1)] = float("inf")
-        return -d2 / (2.0 * self.centroid_sigma() ** 2)
+        return gaussian_logits(emb, means, self.centroid_sigma())
 
     def _predict_proba(self, images: np.ndarray) -> np.ndarray:
         return self.gallery_proba(self._embed(images), self.gallery_emb_.numpy(), self.gallery_labels_.numpy())
@@ -680,6 +674,13 @@ class EmbeddingMethod(TorchMethod):
     def _set_state(self, state: dict[str, Any]) -> None:
         self._set_gallery(state.pop("gallery_emb").numpy(), state.pop("gallery_labels").numpy())
         super()._set_state(state)
+
+
+def gaussian_logits(emb: torch.Tensor, means: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(N, C) ``-||z - mu_j||^2 / (2 sigma^2)`` in float64; -inf for classes without a mean (NaN rows)."""
+    d2 = torch.cdist(emb.double(), torch.nan_to_num(means.double())).pow(2)             # (N, C)
+    d2[:, torch.isnan(means).any(1)] = float("inf")
+    return -d2 / (2.0 * sigma ** 2)
 
 
 def class_means(emb: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -178,10 +178,10 @@ class Store:
                                (cell_id,))
         return [{k: v for k, v in zip(CURVE_FIELDS, row) if v is not None} for row in cur.fetchall()]
 
-    def curves_frame(self) -> pd.DataFrame:
-        """Long table of every finished cell's learning curve with its method, dataset and seed."""
+    def curves_frame(self, ids: list[str] | None = None) -> pd.DataFrame:
+        """Long table of the finished cells' learning curves (all, or ``ids``) with method, dataset and seed."""
         rows = []
-        for cell in self.cells():
+        for cell in self.cells(ids):
             if cell["status"] != "done":
                 continue
             spec = cell["spec"]

@@ -119,7 +119,7 @@ def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = Fal
     ids = None if specs is None else [s.cell_id for s in specs]
     with Store(store_path) as store:
         long = store.metrics_frame(ids)
-        curves = store.curves_frame()
+        curves = store.curves_frame(ids)
         cells = list(store.cells(ids))
         artifacts = {c["id"]: store.artifacts(c["id"]) for c in cells}
     failures = [{"method": c["spec"]["method"], "dataset": c["spec"]["dataset_label"], "seed": c["spec"]["seed"],
@@ -136,8 +136,6 @@ def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = Fal
          "device": c["info"].get("device"), "host": c["host"], "seconds": c["seconds"]} for c in cells]}
     _atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str))
     write_run_plots(run_dir, cells, artifacts, long, tsne)
-    if ids is not None:
-        curves = curves[curves["cell_id"].isin(ids)]
     write_curve_plots(run_dir / "plots", curves, long)
     return text
 

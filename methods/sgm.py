@@ -61,7 +61,8 @@ import fer_bench.models.sgm_backbones  # noqa: F401  (registers fmpnet, cvgg13, 
 from fer_bench import labels as L
 from fer_bench import metrics as M
 from fer_bench.data import FERDataset
-from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, EmbeddingMethod, Param, ParameterError, class_means
+from fer_bench.method import (QUICK_BATCH, QUICK_EPOCHS, EmbeddingMethod, Param, ParameterError, class_means,
+                              gaussian_logits)
 from fer_bench.models import build_backbone
 from fer_bench.registry import register_method
 
@@ -281,15 +282,8 @@ class MetricEmbedding(EmbeddingMethod):
         return out
 
 
-def _gaussian_logits(emb: torch.Tensor, means: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(N, C) ``-||z - mu_j||^2 / (2 sigma^2)``, -inf for classes without a mean."""
-    d2 = torch.cdist(emb.double(), torch.nan_to_num(means.double())).pow(2)     # (N, C)
-    d2[:, torch.isnan(means).any(1)] = float("inf")
-    return -d2 / (2.0 * sigma ** 2)
-
-
 def _nearest_mean(emb: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-    return _gaussian_logits(emb, means, 1.0).argmax(1)                   # (N,)
+    return gaussian_logits(emb, means, 1.0).argmax(1)                   # (N,)
 
 
 @register_method("sgm")
@@ -466,7 +460,7 @@ class DGMS(SGM):
 
     def assign_subclasses(self, emb: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """(N,) nearest sub-class mean among the sub-classes of each row's class (Eq. 5 within a class)."""
-        logits = _gaussian_logits(torch.from_numpy(np.asarray(emb, np.float32)), self.subclass_means(), 1.0)  # (N, K)
+        logits = gaussian_logits(torch.from_numpy(np.asarray(emb, np.float32)), self.subclass_means(), 1.0)  # (N, K)
         allowed = self.parent_[None, :] == torch.from_numpy(np.asarray(classes))[:, None]                       # (N, K)
         return logits.masked_fill(~allowed, float("-inf")).argmax(1).numpy()
 
