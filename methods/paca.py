@@ -174,6 +174,33 @@ class LearnedClustering(nn.Module):
         return logits.softmax(dim=-1)                                     # each cluster: a convex combination of patches
 
 
+class ConvStem(nn.Module):
+    """Overlapping convolutional patch embedding: log2(patch) blocks of 3 x 3 stride-2 convolution, BatchNorm
+    and ReLU, widths doubling up to ``dim``, then a 1 x 1 convolution to ``dim`` (the stem of Xiao et al.,
+    "Early Convolutions Help Transformers See Better", NeurIPS 2021; PaCa-ViT's own stem is likewise stride-2
+    3 x 3 convolutions). One token per ``patch`` x ``patch`` cell, in the row-major grid order of
+    ``cut_patches``, so the cached patch assignments still name the same cells."""
+
+    def __init__(self, patch: int, dim: int):
+        super().__init__()
+        steps = int(round(math.log2(patch))) if patch >= 2 else 0
+        if patch < 2 or 2 ** steps != patch:
+            raise ValueError(f"patch_embed='conv' needs a patch_size that is a power of two (2, 4, 8, 16, ...). "
+                             f"Got {patch}; use patch_embed='linear' or change patch_size.")
+        layers: list[nn.Module] = []
+        width_in = 3
+        for i in range(steps):
+            width = max(dim // 2 ** (steps - 1 - i), 8)
+            layers += [nn.Conv2d(width_in, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True)]
+            width_in = width
+        layers.append(nn.Conv2d(width_in, dim, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(2).transpose(1, 2)                    # (B, N, C)
+
+
 class PaCaViT(nn.Module):
     """Patch tokens + class token -> ``depth`` blocks of (patch-to-cluster | patch-to-patch) attention.
 
@@ -183,14 +210,18 @@ class PaCaViT(nn.Module):
 
     def __init__(self, num_classes: int, image_size: int, patch_size: int, dim: int, depth: int, heads: int,
                  mlp_ratio: float, dropout: float, mode: str, clusters: int, static_dim: int | None = None,
-                 cluster_norm: bool = True, learned_head: str = "conv", readout: str = "mean"):
+                 cluster_norm: bool = True, learned_head: str = "conv", readout: str = "mean",
+                 patch_embed: str = "linear"):
         super().__init__()
         if readout not in ("mean", "cls"):
             raise ValueError(f"readout must be 'mean' or 'cls'. Got {readout!r} instead.")
         self.readout = readout
         self.grid, self.patch, self.mode, self.clusters = image_size // patch_size, patch_size, mode, clusters
         n = self.grid ** 2
-        self.patch_embed = nn.Linear(3 * patch_size * patch_size, dim)
+        if patch_embed not in ("linear", "conv"):
+            raise ValueError(f"patch_embed must be 'linear' or 'conv'. Got {patch_embed!r} instead.")
+        self.patch_embed = (nn.Linear(3 * patch_size * patch_size, dim) if patch_embed == "linear"
+                            else ConvStem(patch_size, dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n, dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -205,8 +236,10 @@ class PaCaViT(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised images (B, 3, S, S) -> tokens (B, 1+N, C)."""
-        patches = PC.cut_patches(x, self.patch).flatten(2)               # (B, N, 3*p*p)
-        t = self.patch_embed(patches)                                     # (B, N, C)
+        if isinstance(self.patch_embed, ConvStem):
+            t = self.patch_embed(x)                                       # (B, N, C)
+        else:
+            t = self.patch_embed(PC.cut_patches(x, self.patch).flatten(2))  # (B, N, 3*p*p) -> (B, N, C)
         t = torch.cat([self.cls_token.expand(len(t), -1, -1), t], 1)      # (B, 1+N, C)
         return self.drop(t + self.pos_embed)
 
@@ -268,6 +301,10 @@ class PaCa(TorchMethod):
         "readout": Param("mean", choices=("mean", "cls"),
                          doc="embedding: mean of the final normalised patch tokens, class token excluded (PaCa-ViT's "
                              "mean pooling); cls: the class token, which in static mode never sees the pixels"),
+        "patch_embed": Param("linear", choices=("linear", "conv"),
+                             doc="linear: the study's linear projection of flattened patches; conv: a stride-2 "
+                                 "3x3 convolutional stem, one token per patch (Xiao et al. 2021; PaCa-ViT's stem "
+                                 "is convolutional too)"),
         "dim": Param(192, int, low=1),
         "depth": Param(6, int, low=1),
         "heads": Param(3, int, low=1),
@@ -279,7 +316,11 @@ class PaCa(TorchMethod):
                  "dim": 32, "depth": 2, "heads": 2, "epochs": 1, "batch_size": 32, "eval_batch_size": 64},
         # CPU minutes: the study's geometry (96 px, 36 patches of 16) with a small random-init embedding
         # network (ImageNet weights cannot be downloaded here) and a narrower ViT of the same depth.
-        "quick": {"backbone": "smallcnn_tiny", "image_size": 96, "patch_size": 16, "dim": 64, "heads": 4,
+        # patch_embed="conv": from random init at this budget the linear patch projection keeps the ViT, PaCa
+        # and the learned clustering at the class prior (also in an independent ViT loop); the paper profile
+        # keeps the study's linear projection.
+        "quick": {"backbone": "smallcnn_tiny", "image_size": 96, "patch_size": 16, "patch_embed": "conv", "dim": 64,
+                  "heads": 4,
                   "epochs": QUICK_EPOCHS, "batch_size": QUICK_BATCH, "lr": 1e-3, "dropout": 0.1,
                   "cluster_workers": 2},
         # The study: Adam 1e-3, cross-entropy, depth 6, 30 epochs, ResNet-50 (ImageNet) patch embeddings,
@@ -301,6 +342,9 @@ class PaCa(TorchMethod):
         if self.image_size % self.patch_size:
             raise ParameterError(f"The 'image_size' of {name} ({self.image_size}) must be a multiple of 'patch_size' "
                                  f"({self.patch_size}); e.g. 96 and 16 give the study's 6 x 6 grid.")
+        if self.patch_embed == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ParameterError(f"patch_embed='conv' of {name} needs a 'patch_size' that is a power of two "
+                                 f"(got {self.patch_size}); use patch_embed='linear' or e.g. patch_size=16.")
         n = (self.image_size // self.patch_size) ** 2
         if self.clusters > n:
             raise ParameterError(f"The 'clusters' parameter of {name} must be <= the {n} patches per image. "
@@ -374,7 +418,7 @@ class PaCa(TorchMethod):
         self._check_settings()
         return PaCaViT(num_classes, self.image_size, self.patch_size, self.dim, self.depth, self.heads, self.mlp_ratio,
                        self.dropout, self._mode(), self.clusters, self._static_dim(), self.cluster_norm,
-                       self.learned_head, self.readout)
+                       self.learned_head, self.readout, self.patch_embed)
 
     def make_batch(self, index: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         batch = super().make_batch(index, generator)

@@ -113,11 +113,12 @@ def test_torch_backend_and_bad_geometry_are_checked(toy):
 MODES = [("static", 6), ("pooled", None), ("learned", None), ("none", None)]   # (mode, static_dim)
 
 
-def one_step_grads(mode, static_dim, readout="mean", seed=0):
+def one_step_grads(mode, static_dim, readout="mean", seed=0, patch_embed="linear"):
     """One cross-entropy forward / backward on a small seeded random batch; the network and its grads."""
     torch.manual_seed(seed)
     model = P.PaCaViT(num_classes=3, image_size=16, patch_size=4, dim=16, depth=2, heads=2, mlp_ratio=2.0,
-                      dropout=0.0, mode=mode, clusters=4, static_dim=static_dim, readout=readout).train()
+                      dropout=0.0, mode=mode, clusters=4, static_dim=static_dim, readout=readout,
+                      patch_embed=patch_embed).train()
     x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 1])
     assign = torch.randint(0, 4, (4, 16))                                 # (B, N)
     centroids = torch.randn(4, 4, static_dim) if static_dim else None     # (B, M, D_e)
@@ -125,13 +126,42 @@ def one_step_grads(mode, static_dim, readout="mean", seed=0):
     return model
 
 
+@pytest.mark.parametrize("patch_embed", ["linear", "conv"])
 @pytest.mark.parametrize("mode,static_dim", MODES)
-def test_every_parameter_gets_a_gradient_with_the_mean_readout(mode, static_dim):
-    model = one_step_grads(mode, static_dim)
+def test_every_parameter_gets_a_gradient_with_the_mean_readout(mode, static_dim, patch_embed):
+    model = one_step_grads(mode, static_dim, patch_embed=patch_embed)
     dead = [name for name, p in model.named_parameters()
             if p.requires_grad and (p.grad is None or not p.grad.abs().gt(0).any())]
     assert dead == []
-    assert model.patch_embed.weight.grad.abs().sum() > 0
+    assert any(p.grad.abs().sum() > 0 for p in model.patch_embed.parameters())
+
+
+def test_conv_stem_gives_one_token_per_patch_cell_in_grid_order():
+    """Token i of the conv stem depends on pixels of patch cell i (row-major, as cut_patches) and its
+    neighbours only, so the cached per-patch cluster assignments still name the right tokens."""
+    torch.manual_seed(0)
+    stem = P.ConvStem(patch=4, dim=16).eval()
+    x = torch.randn(1, 3, 16, 16, requires_grad=True)
+    tokens = stem(x)
+    assert tokens.shape == (1, 16, 16)
+    cell = 6                                                             # grid row 1, column 2
+    tokens[0, cell].sum().backward()
+    touched = x.grad.abs().sum(1)[0].reshape(4, 4, 4, 4).permute(0, 2, 1, 3).sum((2, 3))  # (grid, grid)
+    assert touched[1, 2] > 0
+    assert touched[3, 0] == 0 and touched[0, 0] == 0                     # far cells do not reach it
+    with pytest.raises(ValueError, match="power of two"):
+        P.ConvStem(patch=6, dim=16)
+
+
+def test_quick_profile_uses_the_conv_stem_and_the_paper_profile_the_studys_linear_projection(toy):
+    for cls in (P.PaCa, P.PaCaLearned, P.ViT):
+        assert cls.resolve_params("quick")["patch_embed"] == "conv"
+        assert cls.resolve_params("paper")["patch_embed"] == "linear"
+    train, _ = toy
+    base = P.PaCa.resolve_params("test", overrides={"device": "cpu", "patch_embed": "conv", "patch_size": 6,
+                                                    "image_size": 24})
+    with pytest.raises(ParameterError, match="power of two"):
+        P.PaCa(**base).fit(train)
 
 
 def test_cls_readout_in_static_mode_never_sees_the_pixels():

@@ -143,3 +143,17 @@ def test_batchnorm_is_refused_on_the_alexnet_trunk():
     m = cls(**{**cls.resolve_params("test"), "device": "cpu", "trunk": "alexnet3", "batchnorm": True})
     with pytest.raises(ParameterError, match="batchnorm"):
         m.build(3)
+
+
+def test_head_init_is_xavier_by_default_and_pytorchs_in_the_quick_profile():
+    cls = get_method("siamese")
+    assert cls.resolve_params("paper")["head_init"] == "xavier"
+    assert cls.resolve_params("quick")["head_init"] == "torch"
+    base = cls.resolve_params("test", overrides={"device": "cpu"})
+    xavier = cls(**{**base, "head_init": "xavier"}).build(3)
+    torch_default = cls(**{**base, "head_init": "torch"}).build(3)
+    fc4_x, fc4_t = xavier.head[0], torch_default.head[0]
+    assert torch.count_nonzero(fc4_x.bias) == 0 and torch.count_nonzero(fc4_t.bias) > 0
+    bound = math.sqrt(6.0 / (fc4_x.in_features + fc4_x.out_features))              # Xavier uniform's bound
+    assert fc4_t.weight.abs().max() <= 1.0 / math.sqrt(fc4_t.in_features) + 1e-6   # PyTorch: U(+-1/sqrt(in))
+    assert fc4_x.weight.abs().max() <= bound + 1e-6
