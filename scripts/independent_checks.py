@@ -1,0 +1,152 @@
+"""Independent checks behind the #16 floor findings: plain PyTorch loops, written apart from fer-bench's
+trainer, samplers, heads and classifiers, on the same embedded dataset and the same shared budget
+(550 steps of 128 images = 10 epochs of the 7,000 training images).
+
+    python scripts/independent_checks.py siamese --init torch     # 2-D contrastive net, PyTorch's fc init
+    python scripts/independent_checks.py siamese --init xavier    # the same with the paper's Xavier init
+    python scripts/independent_checks.py vit --stem linear        # ViT, linear projection of 16 px patches
+    python scripts/independent_checks.py vit --stem conv          # the same ViT with a stride-2 conv stem
+
+Only the data comes from fer-bench (``load_dataset``). Each prints test accuracy and mean class accuracy along
+the way and the process CPU seconds. One torch thread; about 1-2 CPU-minutes (siamese) and 4-5 (vit) here.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+
+
+def prepare(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> normalised float (N, 3, size, size)."""
+    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float()
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (x.round().clamp(0, 255) / 255.0 - MEAN) / STD
+
+
+def scores(y: torch.Tensor, pred: torch.Tensor) -> tuple[float, float]:
+    acc = float((pred == y).float().mean())
+    mca = float(np.mean([float((pred[y == c] == c).float().mean()) for c in torch.unique(y)]))
+    return acc, mca
+
+
+def siamese_net(init: str) -> nn.Module:
+    """small3 with BatchNorm (conv5/2-pool, conv5-pool, conv3) -> fc 512 -> 128 -> 2."""
+    def conv(c_in, c_out, k, stride=1):
+        return [nn.Conv2d(c_in, c_out, k, stride, k // 2), nn.BatchNorm2d(c_out), nn.ReLU()]
+    trunk = nn.Sequential(*conv(3, 32, 5, 2), nn.MaxPool2d(3, 2), *conv(32, 64, 5), nn.MaxPool2d(3, 2), *conv(64, 96, 3))
+    width = trunk(torch.zeros(1, 3, 48, 48)).numel()
+    net = nn.Sequential(trunk, nn.Flatten(), nn.Linear(width, 512), nn.ReLU(), nn.Linear(512, 128), nn.ReLU(),
+                        nn.Linear(128, 2))
+    if init == "xavier":
+        for m in net:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+    return net
+
+
+def hadsell_all_pairs(z: torch.Tensor, y: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """1/2 D^2 for same-class pairs, 1/2 max(0, m - D)^2 otherwise, mean over the B(B-1)/2 pairs."""
+    d2 = torch.cdist(z, z).pow(2)
+    same = y[:, None] == y[None, :]
+    per = torch.where(same, d2, F.relu(margin - (d2 + 1e-12).sqrt()).pow(2))
+    upper = torch.ones_like(same).triu(1)
+    return 0.5 * per[upper].mean()
+
+
+class Stem(nn.Module):
+    """log2(patch) x (3x3 stride-2 conv, BatchNorm, ReLU), widths 16, 32, ... up to dim, then a 1x1 conv."""
+
+    def __init__(self, patch: int, dim: int):
+        super().__init__()
+        layers, c_in, width = [], 3, 16
+        for _ in range(int(math.log2(patch))):
+            c_out = min(width, dim)
+            layers += [nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+            c_in, width = c_out, width * 2
+        self.net = nn.Sequential(*layers, nn.Conv2d(c_in, dim, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class PlainViT(nn.Module):
+    """Pre-norm transformer encoder over patch tokens, mean of the final normalised tokens, linear head."""
+
+    def __init__(self, stem: str, size=96, patch=16, dim=64, depth=6, heads=4, dropout=0.1, classes=7):
+        super().__init__()
+        self.stem = Stem(patch, dim) if stem == "conv" else nn.Conv2d(3, dim, patch, patch)  # conv k=s=p: linear
+        self.pos = nn.Parameter(torch.randn(1, (size // patch) ** 2, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, x):
+        t = self.stem(x).flatten(2).transpose(1, 2) + self.pos                       # (B, N, C)
+        return self.head(self.norm(self.encoder(t)).mean(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", choices=("siamese", "vit"))
+    ap.add_argument("--init", choices=("torch", "xavier"), default="torch", help="siamese: fc init")
+    ap.add_argument("--stem", choices=("linear", "conv"), default="linear", help="vit: patch embedding")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=550)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    from fer_bench.data import load_dataset
+    size = 48 if args.model == "siamese" else 96
+    train, test = (load_dataset("synthetic", split, workers=1) for split in ("train", "test"))
+    x_train, y_train = prepare(train.images, size), torch.from_numpy(train.labels).long()
+    x_test, y_test = prepare(test.images, size), torch.from_numpy(test.labels).long()
+    classes = len(train.classes)
+    torch.manual_seed(args.seed)
+    net = siamese_net(args.init) if args.model == "siamese" else PlainViT(args.stem, classes=classes)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-4 if args.model == "siamese" else 1e-3)
+    order = torch.Generator().manual_seed(args.seed)
+
+    def batched(fn, x):
+        with torch.no_grad():
+            return torch.cat([fn(x[i:i + 512]) for i in range(0, len(x), 512)])
+
+    def evaluate() -> tuple[float, float]:
+        net.eval()
+        if args.model == "siamese":                      # nearest training-class centroid in the 2-D space
+            z_train, z_test = batched(net, x_train), batched(net, x_test)
+            centroids = torch.stack([z_train[y_train == c].mean(0) for c in range(classes)])
+            pred = torch.cdist(z_test, centroids).argmin(1)
+        else:
+            pred = batched(net, x_test).argmax(1)
+        net.train()
+        return scores(y_test, pred)
+
+    start, per_epoch = time.process_time(), len(y_train) // 128
+    for step in range(args.steps):
+        if step % per_epoch == 0:
+            perm = torch.randperm(len(y_train), generator=order)
+        idx = perm[(step % per_epoch) * 128:(step % per_epoch + 1) * 128]
+        out = net(x_train[idx])
+        loss = hadsell_all_pairs(out, y_train[idx]) if args.model == "siamese" else F.cross_entropy(out, y_train[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (step + 1) % 110 == 0 or step + 1 == args.steps:
+            acc, mca = evaluate()
+            print(f"{args.model} step {step + 1}: loss {loss.item():.4f}, test accuracy {acc:.3f}, "
+                  f"mean class accuracy {mca:.3f}, {time.process_time() - start:.0f} CPU-s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
