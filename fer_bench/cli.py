@@ -202,8 +202,11 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
         interrupted(run_dir)
     summary = write_run_outputs(run_dir, specs, tsne=tsne)
     click.echo(summary)
-    if outcome["failed"]:
-        click.echo(f"{len(outcome['failed'])} cell(s) failed; see {run_dir / 'summary.md'} and rerun with --retry-failed.", err=True)
+    failed = len(outcome["failed"]) + len(outcome["failed_before"])
+    if failed:
+        earlier = f" ({len(outcome['failed_before'])} in an earlier run, skipped)" if outcome["failed_before"] else ""
+        click.echo(f"{failed} cell(s) failed{earlier}; see {run_dir / 'summary.md'} and rerun with --retry-failed.",
+                   err=True)
         sys.exit(1)
 
 

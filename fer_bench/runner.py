@@ -124,6 +124,7 @@ def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label
     datasets to test on instead of the training dataset's own test split (None in it: the own split).
     ``budget`` ({"epochs": N}, see ``parse_budget``) sets every trained method's epochs over its profile;
     a ``--set method.epochs`` still wins for that method."""
+    check_grid_axes(methods, seeds, label_noise)
     budget = parse_budget(budget)
     if budget and "epochs" in overrides.get("*", {}):
         raise ParameterError("--budget and --set '*.epochs' both set every method's epochs; keep one of them.")
@@ -149,6 +150,26 @@ def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label
                                       test_dataset=test_name, test_dataset_options=test_options,
                                       noise_matrix=noise_matrix if noise_kind == "asymmetric" else None))
     return cells
+
+
+MAX_SEED = 2 ** 32 - 1   # numpy's and torch's generators both take seeds below 2^32
+
+
+def check_grid_axes(methods: list[str], seeds: list[int], label_noise: list[float]) -> None:
+    """Usage errors in the grid's axes, before any data loads: no methods or seeds, a seed outside
+    [0, 2^32), a label-noise rate outside [0, 1)."""
+    if not methods:
+        raise ParameterError("--methods is empty; name at least one method, e.g. --methods baseline "
+                             "(fer-bench list shows them).")
+    if not seeds:
+        raise ParameterError("--seeds is empty; give at least one seed, e.g. --seeds 0 or --seeds 0,1,2.")
+    for seed in seeds:
+        if not 0 <= int(seed) <= MAX_SEED:
+            raise ParameterError(f"seed {seed} is out of range; seeds are integers from 0 to {MAX_SEED}.")
+    for rate in label_noise:
+        if not 0.0 <= float(rate) < 1.0:
+            raise ParameterError(f"label-noise rate {rate:g} is out of range; rates are fractions in [0, 1), "
+                                 f"e.g. --label-noise 0,0.2,0.4.")
 
 
 BUDGET_KEYS = ("epochs",)
@@ -404,12 +425,13 @@ def import_finished_cells(specs: list[CellSpec], store: Store, run_dir: Path, re
 def run_grid(specs: list[CellSpec], run_dir: str | Path, executor: Executor, retry_failed: bool = False,
              on_event: Callable[[str, CellSpec, CellResult | None], None] | None = None,
              reuse: list[Path] = ()) -> dict[str, list[str]]:
-    """Run the pending cells of ``specs``; returns the cell ids by outcome (done, failed, imported, skipped).
+    """Run the pending cells of ``specs``; returns the cell ids by outcome (done, failed, imported, skipped;
+    ``failed_before``: the skipped cells that had failed in an earlier run and were not retried).
 
     ``reuse``: other run directories whose finished cells with the same id are imported instead of run.
     """
     run_dir = Path(run_dir)
-    outcome: dict[str, list[str]] = {"done": [], "failed": [], "imported": [], "skipped": []}
+    outcome: dict[str, list[str]] = {"done": [], "failed": [], "imported": [], "skipped": [], "failed_before": []}
     with Store(run_dir / STORE_NAME) as store:
         imported = import_finished_cells(specs, store, run_dir, list(reuse))
         pending = []
@@ -421,6 +443,8 @@ def run_grid(specs: list[CellSpec], run_dir: str | Path, executor: Executor, ret
                     on_event(f"import (from {imported[spec.cell_id]})", spec, None)
             elif status == "done" or (status == "failed" and not retry_failed):
                 outcome["skipped"].append(spec.cell_id)
+                if status == "failed":
+                    outcome["failed_before"].append(spec.cell_id)
                 if on_event:
                     on_event(f"skip ({status})", spec, None)
             elif spec.cell_id not in {p.cell_id for p in pending}:

@@ -121,6 +121,21 @@ class Diverging(Baseline):
 '''
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--label-noise", "-0.1", "label-noise rate -0.1 is out of range"),
+    ("--label-noise", "0,1.0", "label-noise rate 1 is out of range"),
+    ("--seeds", "", "--seeds is empty"),
+    ("--seeds", "99999999999999999999", "is out of range"),
+    ("--methods", ",", "--methods is empty")])
+def test_bad_grid_axes_are_usage_errors_before_any_data_loads(option, value, message, tmp_path):
+    """#19 items 1 and 7: a negative noise rate was recorded but never applied; empty axes ran 0 cells."""
+    out = tmp_path / "run"
+    proc = fer_bench("run", "--methods", "majority", option, value, "--dataset", TINY, "--out", str(out),
+                     check=False)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (out / "results.sqlite").exists()
+
+
 def test_a_diverging_cell_fails_alone_and_is_listed(tmp_path):
     plugin = tmp_path / "diverging.py"
     plugin.write_text(DIVERGING_PLUGIN)
@@ -136,6 +151,12 @@ def test_a_diverging_cell_fails_alone_and_is_listed(tmp_path):
     with sqlite3.connect(out / "results.sqlite") as db:
         assert sorted(db.execute("SELECT status FROM cells")) == [("done",), ("failed",)]
         assert "Traceback" in db.execute("SELECT traceback FROM cells WHERE status='failed'").fetchone()[0]
+    # #19 item 3: the rerun skips the failed cell but still exits 1 and says how to retry it
+    again = fer_bench("run", "--plugin", str(plugin), "--methods", "diverging,majority", "--profile", "test",
+                      "--set", "diverging.batch_size=32", "--dataset", TINY, "--out", str(out), "--device", "cpu",
+                      check=False)
+    assert again.returncode == 1 and "skip (failed)" in again.stdout
+    assert "1 cell(s) failed (1 in an earlier run, skipped)" in again.stderr and "--retry-failed" in again.stderr
 
 
 def test_kill_minus_9_then_the_same_command_resumes(tmp_path):
