@@ -83,6 +83,9 @@ def test_wrong_root_and_missing_list_file(tmp_path):
         load_dataset("rafdb", "train", fixture.root)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_dataset("rafdb", "train", tmp_path / "nowhere")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(FileNotFoundError, match="is a file, not a folder"):      # #19 item 7
+        load_dataset("rafdb", "train", tmp_path / "a_file")
     with pytest.raises(FileNotFoundError, match="FER_BENCH_DATA"):
         load_dataset("rafdb", "train")
     for name in ("fer2013", "ferplus", "affectnet8", "ckplus", "jaffe", "nimstim"):

@@ -172,6 +172,9 @@ def data_root(root: str | Path | None, dataset: str) -> Path:
                                     f"{DATA_ENV} to the folder that holds {dataset}/.")
         root = Path(base) / dataset
     root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise FileNotFoundError(f"Data root {str(root)!r} for dataset {dataset!r} is a file, not a folder; "
+                                f"pass --data-root to the folder that holds the downloaded dataset.")
     if not root.is_dir():
         raise FileNotFoundError(f"Data root {str(root)!r} for dataset {dataset!r} does not exist; "
                                 f"pass --data-root to the folder you downloaded.")
