@@ -6,8 +6,11 @@ trainer, samplers, heads and classifiers, on the same embedded dataset and the s
     python scripts/independent_checks.py siamese --init xavier    # the same with the paper's Xavier init
     python scripts/independent_checks.py vit --stem linear        # ViT, linear projection of 16 px patches
     python scripts/independent_checks.py vit --stem conv          # the same ViT with a stride-2 conv stem
+    python scripts/independent_checks.py qcs_base --lr 2e-4       # QCS's base network alone, cross-entropy
 
-Only the data comes from fer-bench (``load_dataset``). Each prints test accuracy and mean class accuracy along
+Only the data comes from fer-bench (``load_dataset``), and for ``qcs_base`` the network: QCS's base branch
+(the quick trunk and ViT, no cross-similarity modules, built by the qcs plugin with ``connection='off'``, the
+module its parity tests pin to the official code), trained here with plain Adam and cross-entropy, no SAM. Each prints test accuracy and mean class accuracy along
 the way and the process CPU seconds. One torch thread; about 1-2 CPU-minutes (siamese) and 4-5 (vit) here.
 """
 from __future__ import annotations
@@ -97,24 +100,39 @@ class PlainViT(nn.Module):
         return self.head(self.norm(self.encoder(t)).mean(1))
 
 
+def qcs_base_network(classes: int) -> nn.Module:
+    """QCS's base branch at its quick profile (trunk qcs_small, 48 px, width 64, 4 heads), nothing else."""
+    from fer_bench.registry import get_method
+    import fer_bench_methods.qcs  # noqa: F401  (registers qcs)
+    cls = get_method("qcs")
+    return cls(**cls.resolve_params("quick", overrides={"connection": "off", "device": "cpu"})).build(classes)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", choices=("siamese", "vit"))
+    ap.add_argument("model", choices=("siamese", "vit", "qcs_base"))
     ap.add_argument("--init", choices=("torch", "xavier"), default="torch", help="siamese: fc init")
     ap.add_argument("--stem", choices=("linear", "conv"), default="linear", help="vit: patch embedding")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=550)
+    ap.add_argument("--lr", type=float, default=None, help="default: 3e-4 siamese, 1e-3 vit, 2e-4 qcs_base")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from fer_bench.data import load_dataset
-    size = 48 if args.model == "siamese" else 96
+    size = 96 if args.model == "vit" else 48
     train, test = (load_dataset("synthetic", split, workers=1) for split in ("train", "test"))
     x_train, y_train = prepare(train.images, size), torch.from_numpy(train.labels).long()
     x_test, y_test = prepare(test.images, size), torch.from_numpy(test.labels).long()
     classes = len(train.classes)
     torch.manual_seed(args.seed)
-    net = siamese_net(args.init) if args.model == "siamese" else PlainViT(args.stem, classes=classes)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-4 if args.model == "siamese" else 1e-3)
+    if args.model == "siamese":
+        net = siamese_net(args.init)
+    elif args.model == "vit":
+        net = PlainViT(args.stem, classes=classes)
+    else:
+        net = qcs_base_network(classes)
+    lr = args.lr or {"siamese": 3e-4, "vit": 1e-3, "qcs_base": 2e-4}[args.model]
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     order = torch.Generator().manual_seed(args.seed)
 
     def batched(fn, x):
