@@ -174,6 +174,14 @@ class LearnedClustering(nn.Module):
         return logits.softmax(dim=-1)                                     # each cluster: a convex combination of patches
 
 
+def conv_stem_steps(patch: int) -> int:
+    """The number of stride-2 convolutions that cut ``patch`` x ``patch`` cells (log2 of a power of two >= 2)."""
+    if patch < 2 or patch & (patch - 1):
+        raise ValueError(f"patch_embed='conv' needs a patch_size that is a power of two (2, 4, 8, 16, ...). "
+                         f"Got {patch}; use patch_embed='linear' or change patch_size.")
+    return patch.bit_length() - 1
+
+
 class ConvStem(nn.Module):
     """Overlapping convolutional patch embedding: log2(patch) blocks of 3 x 3 stride-2 convolution, BatchNorm
     and ReLU, widths doubling up to ``dim``, then a 1 x 1 convolution to ``dim`` (the stem of Xiao et al.,
@@ -183,10 +191,7 @@ class ConvStem(nn.Module):
 
     def __init__(self, patch: int, dim: int):
         super().__init__()
-        steps = int(round(math.log2(patch))) if patch >= 2 else 0
-        if patch < 2 or 2 ** steps != patch:
-            raise ValueError(f"patch_embed='conv' needs a patch_size that is a power of two (2, 4, 8, 16, ...). "
-                             f"Got {patch}; use patch_embed='linear' or change patch_size.")
+        steps = conv_stem_steps(patch)
         layers: list[nn.Module] = []
         width_in = 3
         for i in range(steps):
@@ -342,9 +347,11 @@ class PaCa(TorchMethod):
         if self.image_size % self.patch_size:
             raise ParameterError(f"The 'image_size' of {name} ({self.image_size}) must be a multiple of 'patch_size' "
                                  f"({self.patch_size}); e.g. 96 and 16 give the study's 6 x 6 grid.")
-        if self.patch_embed == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
-            raise ParameterError(f"patch_embed='conv' of {name} needs a 'patch_size' that is a power of two "
-                                 f"(got {self.patch_size}); use patch_embed='linear' or e.g. patch_size=16.")
+        if self.patch_embed == "conv":
+            try:
+                conv_stem_steps(self.patch_size)
+            except ValueError as exc:
+                raise ParameterError(f"{name}: {exc}") from None
         n = (self.image_size // self.patch_size) ** 2
         if self.clusters > n:
             raise ParameterError(f"The 'clusters' parameter of {name} must be <= the {n} patches per image. "

@@ -204,10 +204,10 @@ class Siamese(EmbeddingMethod):
         # Q6 (#16) no augmentation, as the paper profile: at the shared budget (550 steps) with light augmentation
         #    every seed ended at the class prior (35.3 %, leaving the plateau only after ~400 steps); without it
         #    44.9 / 46.7 / 41.2 % (seeds 0-2).
-        # Q7 (#16) head_init="torch": an independent plain loop (same data, trunk, head and loss, written apart
-        #    from fer-bench) reached 56.2 % test accuracy at 550 steps with PyTorch's default init of the fully
-        #    connected layers and 40.7 % with the paper's Xavier init (seed 0): Xavier's larger fc4 weights
-        #    lengthen the plateau by ~150 steps.
+        # Q7 (#16) head_init="torch": an independent plain loop (`scripts/independent_checks.py siamese`: same
+        #    data, trunk, head and loss, written apart from fer-bench) reached 57.1 % test accuracy at 550 steps
+        #    with PyTorch's default init of the fully connected layers and 40.5 % with the paper's Xavier init
+        #    (seed 0): Xavier's larger fc4 weights lengthen the plateau by ~150 steps.
         "quick": {"trunk": "small3", "trunk_width": 32, "batchnorm": True, "fc4": 512, "fc5": 128, "image_size": 48,
                   "epochs": QUICK_EPOCHS, "freeze_epochs": 0, "batch_size": QUICK_BATCH, "optimizer": "adam", "lr": 3e-4,
                   "dropout": 0.0, "scheduler": "none", "augment": "none", "head_init": "torch", "snapshots": 4},
