@@ -85,15 +85,20 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
 
 
 RAY_OPTIONS = ("ray_address", "cpus_per_cell", "gpus_per_cell", "cell_retries", "ray_artifacts")
+LOCAL_OPTIONS = ("jobs",)
 
 
 def executor_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options that choose and size the executor (shared by ``run`` and ``tables``)."""
     options = [
         click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                     help="local: cells one after another here; ray: cells as Ray tasks (pip install 'fer-bench[ray]')."),
+                     help="local: cells on this machine, as many at once as its cores hold (--jobs); ray: cells as Ray "
+                          "tasks (pip install 'fer-bench[ray]')."),
+        click.option("--jobs", type=int, default=None,
+                     help="[local] cells at once (default: cores / --threads-per-cell; 1 with CUDA)."),
         click.option("--ray-address", default=None, help="[ray] auto or HOST:PORT of a running cluster; none: a local instance."),
-        click.option("--cpus-per-cell", type=float, default=1, show_default=True, help="[ray] CPUs each cell's task asks for."),
+        click.option("--cpus-per-cell", type=float, default=None,
+                     help="[ray] CPUs each cell's task asks for (default: --threads-per-cell)."),
         click.option("--gpus-per-cell", type=float, default=0, show_default=True, help="[ray] GPUs each cell's task asks for."),
         click.option("--cell-retries", type=int, default=2, show_default=True,
                      help="[ray] resubmissions of a cell whose worker process or node died."),
@@ -111,15 +116,18 @@ reuse_option = click.option(
     help="Another run directory: its finished cells with the same id are copied in, not run again; repeatable.")
 
 
-def make_executor(ctx: click.Context, executor: str, plugins: tuple[str, ...], **ray: Any) -> Any:
-    """The chosen executor; a Ray option given with the local executor is a usage error."""
+def make_executor(ctx: click.Context, executor: str, plugins: tuple[str, ...], jobs: int | None = None,
+                  **ray: Any) -> Any:
+    """The chosen executor; an option of the other executor is a usage error."""
+    from fer_bench.registry import plugin_sources
     from fer_bench.runner import EXECUTORS
+    other = RAY_OPTIONS if executor == "local" else LOCAL_OPTIONS
+    for name in other:
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            raise ParameterError(f"--{name.replace('_', '-')} applies to --executor "
+                                 f"{'ray' if executor == 'local' else 'local'} only; drop it or change --executor.")
     if executor == "local":
-        for name in RAY_OPTIONS:
-            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
-                raise ParameterError(f"--{name.replace('_', '-')} applies to --executor ray only; add --executor ray "
-                                     f"or drop it.")
-        return EXECUTORS["local"](progress=None)
+        return EXECUTORS["local"](progress=None, jobs=jobs, plugins=plugin_sources(plugins))
     return EXECUTORS["ray"](progress=None, address=ray["ray_address"], cpus_per_cell=ray["cpus_per_cell"],
                             gpus_per_cell=ray["gpus_per_cell"], retries=ray["cell_retries"],
                             artifacts=ray["ray_artifacts"], plugins=plugins)
@@ -151,6 +159,9 @@ def interrupted(run_dir: Path) -> None:
                                              "training-set size); default: the profile's.")
 @click.option("--out", type=click.Path(), default="runs/default", show_default=True, help="Run directory.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
+@click.option("--threads-per-cell", type=int, default=1, show_default=True,
+              help="Torch CPU threads of each cell, on every executor (part of the cell id when not 1: results "
+                   "differ in the last bits across thread counts).")
 @executor_options
 @reuse_option
 @click.option("--retry-failed", is_flag=True, help="Run failed cells again.")
@@ -160,8 +171,8 @@ def interrupted(run_dir: Path) -> None:
 @one_line_errors
 def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: str | None,
         test_datasets: tuple[str, ...], seeds: str, profile: str, label_noise: str, noise_kind: str,
-        noise_matrix: str | None, sets: tuple[str, ...], budget: str | None, out: str, device: str, executor: str,
-        reuse: tuple[str, ...],
+        noise_matrix: str | None, sets: tuple[str, ...], budget: str | None, out: str, device: str,
+        threads_per_cell: int, executor: str, reuse: tuple[str, ...],
         retry_failed: bool, tsne: bool, plugins: tuple[str, ...], **ray: Any) -> None:
     """Train and evaluate a grid of methods x datasets x seeds x label-noise rates."""
     from fer_bench.method import resolve_device
@@ -177,7 +188,7 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
     matrix = _noise_matrix_option(noise_kind, noise_matrix)
     specs = expand_grid(method_names, list(datasets), _split_list(seeds, int, "seeds"),
                         _split_list(label_noise, float, "label-noise"), profile, overrides, device, data_root, noise_kind,
-                        list(test_datasets) or None, matrix, budget)
+                        list(test_datasets) or None, matrix, budget, threads_per_cell)
     run_dir = Path(out)
     reuse_dirs = check_reuse_dirs(list(reuse))
     total = len(specs)

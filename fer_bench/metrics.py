@@ -34,6 +34,7 @@ import math
 import resource
 import sys
 import time
+import warnings
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -404,6 +405,7 @@ def nmi(embeddings: np.ndarray, labels: Sequence[int], num_classes: int | None =
     (k-means++, ``n_init`` restarts, ``random_state=seed``).
     """
     from sklearn.cluster import KMeans  # imported here: importing fer_bench.metrics stays light
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import normalized_mutual_info_score
 
     func = "nmi"
@@ -414,7 +416,9 @@ def nmi(embeddings: np.ndarray, labels: Sequence[int], num_classes: int | None =
     if k > len(x):
         raise ValueError(f"The 'num_classes' parameter of {func} must not exceed the number of "
                          f"embeddings ({len(x)}). Got {k} instead.")
-    clusters = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x)
+    with warnings.catch_warnings():  # fewer distinct points than k (a constant embedding): NMI is then 0, as it should be
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clusters = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x)
     return float(normalized_mutual_info_score(y, clusters, average_method="arithmetic"))
 
 

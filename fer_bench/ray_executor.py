@@ -24,7 +24,6 @@ Where things live:
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import fer_bench
+from fer_bench.registry import load_plugin_sources, plugin_sources
 from fer_bench.runner import CELLS_DIR, CellResult, CellSpec, execute
 
 log = logging.getLogger(__name__)
@@ -60,21 +60,6 @@ def import_ray() -> Any:
 
 # --------------------------------------------------------------------------------------------------
 # Worker side
-
-
-def _load_plugins(plugins: list[tuple[str, str]]) -> None:
-    """Register the driver's ``--plugin`` files: from their path when this node sees it, else from the
-    source text the driver shipped."""
-    from fer_bench.registry import load_plugin_file
-    for path, source in plugins:
-        if Path(path).is_file() and Path(path).read_text() == source:
-            load_plugin_file(path)
-            continue
-        digest = hashlib.sha1(path.encode()).hexdigest()[:8]
-        copy = Path(tempfile.gettempdir()) / "fer_bench_plugins" / digest / Path(path).name
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        copy.write_text(source)
-        load_plugin_file(copy)
 
 
 def _failed(spec: CellSpec, error: str) -> CellResult:
@@ -119,16 +104,14 @@ def unzip_into(data: bytes, folder: Path) -> None:
 
 
 def run_cell_task(spec: CellSpec, run_dir: str, token: str, force_return: bool,
-                  plugins: list[tuple[str, str]], threads: int = 1) -> tuple[CellResult, bytes | None]:
+                  plugins: list[tuple[str, str]]) -> tuple[CellResult, bytes | None]:
     """One cell on a Ray worker: (result, zipped cell folder when the worker cannot see the run dir).
-    ``threads``: torch's CPU threads, the cell's CPU request (Ray's workers would otherwise guess)."""
-    import torch
-    torch.set_num_threads(max(1, threads))
+    The cell runs at its spec's torch threads (``execute`` sets them), as on the local executor."""
     error = _precondition_error(spec)
     if error:
         return _failed(spec, error), None
     try:
-        _load_plugins(plugins)
+        load_plugin_sources(plugins)
     except Exception as exc:  # noqa: BLE001 (a broken plugin fails the cell, with the reason)
         return _failed(spec, f"loading --plugin files on {socket.gethostname()} failed: {type(exc).__name__}: {exc}"), None
     token_path = Path(run_dir) / TOKEN_FILE
@@ -157,19 +140,21 @@ class RayExecutor:
     Args:
       address: ``None`` starts a private local Ray instance for this run (shut down at the end);
         ``"auto"`` or ``HOST:PORT`` joins a running cluster (``ray start --head`` ...).
-      cpus_per_cell, gpus_per_cell: the task's resource request (``gpus_per_cell`` may be fractional).
+      cpus_per_cell, gpus_per_cell: the task's resource request (``gpus_per_cell`` may be fractional);
+        ``cpus_per_cell`` None: the cells' torch threads (``--threads-per-cell``), so Ray packs them as the
+        local executor does.
       retries: how many times Ray resubmits a cell whose worker process or node died.
       artifacts: ``"auto"`` (in place when the worker sees the run directory, else returned) or ``"return"``.
       plugins: ``--plugin`` files to register on the workers.
       num_cpus: CPUs of a private local instance (default: all of this machine's).
     """
 
-    def __init__(self, progress: bool | None = False, address: str | None = None, cpus_per_cell: float = 1,
+    def __init__(self, progress: bool | None = False, address: str | None = None, cpus_per_cell: float | None = None,
                  gpus_per_cell: float = 0, retries: int = 2, artifacts: str = "auto",
                  plugins: list[str] | tuple[str, ...] = (), num_cpus: int | None = None):
         if artifacts not in ("auto", "return"):
             raise ValueError(f"--ray-artifacts must be auto or return, not {artifacts!r}.")
-        for name, value in (("--cpus-per-cell", cpus_per_cell), ("--gpus-per-cell", gpus_per_cell),
+        for name, value in (("--cpus-per-cell", cpus_per_cell or 0), ("--gpus-per-cell", gpus_per_cell),
                             ("--cell-retries", retries)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}.")
@@ -177,7 +162,7 @@ class RayExecutor:
         self.address, self.num_cpus = address, num_cpus
         self.cpus_per_cell, self.gpus_per_cell, self.retries = cpus_per_cell, gpus_per_cell, retries
         self.force_return = artifacts == "return"
-        self.plugins = [(str(Path(p).expanduser().resolve()), Path(p).expanduser().read_text()) for p in plugins]
+        self.plugins = plugin_sources(plugins)
 
     def _connect(self) -> bool:
         """Start or join Ray; True when this executor started it (and must shut it down)."""
@@ -208,10 +193,10 @@ class RayExecutor:
         ray = self.ray
         token = secrets.token_hex(8)
         (run_dir / TOKEN_FILE).write_text(token)
-        task = ray.remote(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_retries=self.retries,
+        cpus = self.cpus_per_cell if self.cpus_per_cell is not None else max(s.threads for s in specs)
+        task = ray.remote(num_cpus=cpus, num_gpus=self.gpus_per_cell, max_retries=self.retries,
                           retry_exceptions=False)(run_cell_task)
-        threads = max(1, int(self.cpus_per_cell))
-        return {task.remote(spec, str(run_dir), token, self.force_return, self.plugins, threads): spec
+        return {task.remote(spec, str(run_dir), token, self.force_return, self.plugins): spec
                 for spec in specs}
 
     def _collect(self, ref: Any, spec: CellSpec, run_dir: Path) -> CellResult:

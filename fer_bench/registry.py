@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import logging
 import sys
+import tempfile
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -161,3 +162,22 @@ def load_plugin_file(path: str | Path) -> None:
     except Exception:
         del sys.modules[module_name]
         raise
+
+
+def load_plugin_sources(plugins: list[tuple[str, str]]) -> None:
+    """Register ``--plugin`` files shipped as (path, source) pairs to a worker process or node: from the path
+    when it holds the same source, else from a copy of the source in the temporary folder."""
+    for path, source in plugins:
+        if Path(path).is_file() and Path(path).read_text() == source:
+            load_plugin_file(path)
+            continue
+        digest = hashlib.sha1(path.encode()).hexdigest()[:8]
+        copy = Path(tempfile.gettempdir()) / "fer_bench_plugins" / digest / Path(path).name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(source)
+        load_plugin_file(copy)
+
+
+def plugin_sources(paths: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """(absolute path, source) of each ``--plugin`` file, for executors that run cells in other processes."""
+    return [(str(Path(p).expanduser().resolve()), Path(p).expanduser().read_text()) for p in paths]

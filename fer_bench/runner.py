@@ -14,7 +14,11 @@ import hashlib
 import itertools
 import json
 import logging
+import multiprocessing
+import os
 import shutil
+import signal
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -30,13 +34,17 @@ from fer_bench.data import FERDataset, available_splits, get_dataset, in_label_s
 from fer_bench.data.decode import dataset_record
 from fer_bench.data.noise import confusion_for, labels_hash, noisy_labels
 from fer_bench.method import Method, ParameterError, TorchMethod
-from fer_bench.registry import get_method
+from fer_bench.registry import get_method, load_plugin_sources
 from fer_bench.store import STORE_NAME, Store
 
 log = logging.getLogger(__name__)
 
 CELLS_DIR = "cells"
 TRAINING_KEY_FILE = "training_key"
+# Torch CPU threads per cell, the same on every executor (``--threads-per-cell``): a cell's numbers depend
+# on it in the last bits, and through training in more, so "same cell id, same numbers" needs it fixed.
+# One thread per cell with as many cells at once as there are cores is also the faster use of a CPU.
+DEFAULT_THREADS = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +67,7 @@ class CellSpec:
     test_dataset_options: dict = dataclasses.field(default_factory=dict)
     noise_matrix: dict | None = None       # asymmetric noise: {true emotion: {noisy emotion: weight}}
     budget: dict | None = None             # the run's training budget ({"epochs": N}), None: each profile's own
+    threads: int = 1                       # torch's CPU threads: the last bits of a CPU result depend on it
 
     @property
     def cell_id(self) -> str:
@@ -71,6 +80,8 @@ class CellSpec:
             payload.pop("noise_matrix")
         if self.budget is None:
             payload.pop("budget")
+        if self.threads == DEFAULT_THREADS:  # cells at the default keep the ids they had before it was recorded
+            payload.pop("threads")
         payload["params"] = {k: v for k, v in self.params.items() if k != "device"}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -118,13 +129,15 @@ def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label
                 profile: str, overrides: dict[str, dict[str, str]], device: str = "auto",
                 data_root: str | None = None, noise_kind: str = "symmetric",
                 test_datasets: list[str | None] | None = None, noise_matrix: dict | None = None,
-                budget: dict | None = None) -> list[CellSpec]:
+                budget: dict | None = None, threads: int = DEFAULT_THREADS) -> list[CellSpec]:
     """The cells of a grid, in a stable order. ``overrides`` values may be comma lists: each value is
     a point of the grid (``--set baseline.lr=1e-3,1e-4`` runs both). ``test_datasets``: an axis of
     datasets to test on instead of the training dataset's own test split (None in it: the own split).
     ``budget`` ({"epochs": N}, see ``parse_budget``) sets every trained method's epochs over its profile;
-    a ``--set method.epochs`` still wins for that method."""
+    a ``--set method.epochs`` still wins for that method. ``threads``: torch CPU threads of every cell."""
     check_grid_axes(methods, seeds, label_noise)
+    if threads < 1:
+        raise ParameterError(f"--threads-per-cell must be at least 1, got {threads}.")
     budget = parse_budget(budget)
     if budget and "epochs" in overrides.get("*", {}):
         raise ParameterError("--budget and --set '*.epochs' both set every method's epochs; keep one of them.")
@@ -148,7 +161,8 @@ def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label
                                       dataset_options=resolved_options, seed=seed, label_noise=float(rate),
                                       noise_kind=noise_kind, profile=profile, overrides=point, data_root=data_root,
                                       test_dataset=test_name, test_dataset_options=test_options,
-                                      noise_matrix=noise_matrix if noise_kind == "asymmetric" else None))
+                                      noise_matrix=noise_matrix if noise_kind == "asymmetric" else None,
+                                      threads=threads))
     return cells
 
 
@@ -360,6 +374,8 @@ class Executor(Protocol):
 def execute(spec: CellSpec, run_dir: Path, progress: bool | None = False) -> CellResult:
     """``run_cell`` with failure isolation: any exception becomes a failed CellResult."""
     start = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(spec.threads)  # every executor runs a cell through here, so all use its thread count
     try:
         result = run_cell(spec, Path(run_dir) / CELLS_DIR / spec.cell_id, progress)
         result.artifacts = {k: f"{CELLS_DIR}/{spec.cell_id}/{v}" for k, v in result.artifacts.items()}
@@ -369,17 +385,72 @@ def execute(spec: CellSpec, run_dir: Path, progress: bool | None = False) -> Cel
     except Exception as exc:
         return CellResult(spec.cell_id, "failed", seconds=time.perf_counter() - start,
                           error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_jobs(specs: list[CellSpec]) -> int:
+    """Cells at once on this machine: as many as its cores hold at the cells' thread counts; one when a cell
+    may run on CUDA (one GPU, one cell)."""
+    if any(str(s.params.get("device", "cpu")) != "cpu" for s in specs) and torch.cuda.is_available():
+        return 1
+    return max(1, available_cores() // max((s.threads for s in specs), default=1))
+
+
+def _worker_init(plugins: list[tuple[str, str]], log_level: int, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the pool
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    load_plugin_sources(plugins)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose ``fer-bench run`` was killed (``kill -9`` skips the pool's cleanup) stops at once
+    instead of training on into a run directory that the next run resumes."""
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)
+
+
+def _worker_execute(task: tuple[CellSpec, str]) -> CellResult:
+    spec, run_dir = task
+    return execute(spec, Path(run_dir), progress=False)
 
 
 class LocalExecutor:
-    """Runs cells one after another in this process."""
+    """Runs cells on this machine, each with its spec's torch threads: ``jobs`` at a time in worker processes
+    (default ``default_jobs``), or one after another in this process when that is 1.
 
-    def __init__(self, progress: bool | None = False):
-        self.progress = progress
+    ``plugins``: ``--plugin`` files, as (path, source) pairs, registered in the worker processes too."""
+
+    def __init__(self, progress: bool | None = False, jobs: int | None = None,
+                 plugins: list[tuple[str, str]] | tuple = ()):
+        if jobs is not None and jobs < 1:
+            raise ParameterError(f"--jobs must be at least 1, got {jobs}.")
+        self.progress, self.jobs, self.plugins = progress, jobs, list(plugins)
 
     def map(self, specs: list[CellSpec], run_dir: Path) -> Iterator[CellResult]:
-        for spec in specs:
-            yield execute(spec, run_dir, self.progress)
+        jobs = min(self.jobs or default_jobs(specs), len(specs))
+        if jobs <= 1:
+            for spec in specs:
+                yield execute(spec, run_dir, self.progress)
+            return
+        context = multiprocessing.get_context("spawn")  # fork after torch has started threads can hang
+        pool = context.Pool(jobs, initializer=_worker_init, initargs=(self.plugins, logging.getLogger().level, os.getpid()),
+                            maxtasksperchild=1)  # a fresh process per cell: no state leaks from one to the next
+        try:
+            yield from pool.imap_unordered(_worker_execute, [(spec, str(run_dir)) for spec in specs])
+            pool.close()
+        finally:  # Ctrl-C, SIGTERM, a closed generator: no cell keeps training for a grid nobody reads
+            pool.terminate()
+            pool.join()
 
 
 def _ray_executor(**kwargs: Any) -> Executor:

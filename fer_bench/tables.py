@@ -82,6 +82,43 @@ def summary_markdown(summary: pd.DataFrame, failures: list[dict[str, Any]]) -> s
     return "\n".join(lines) + "\n"
 
 
+def terminal_summary(summary: pd.DataFrame, failures: list[dict[str, Any]], full: Path) -> str:
+    """The end-of-run table for a terminal (within 100 columns): method, dataset, accuracy and mean class
+    accuracy (mean ± std over seeds, %), train minutes per cell and n seeds; label noise and ``--set`` values
+    as columns only when the run has them. The full table is ``full`` (summary.md)."""
+    if summary.empty:
+        return f"no finished cells; see {full}\n" if failures else ""
+    stats = summary.set_index(GROUP + ["metric"])
+    keys = sorted({tuple(r[g] for g in GROUP) for _, r in summary.iterrows()}, key=str)
+    noise = any(k[2] for k in keys)
+    settings = any(k[4] for k in keys)
+
+    def cell(key: tuple, metric: str, scale: float, digits: int) -> str:
+        if (*key, metric) not in stats.index:
+            return ""
+        row = stats.loc[(*key, metric)]
+        return f"{row['mean'] * scale:.{digits}f} ± {row['std'] * scale:.{digits}f}" if np.isfinite(row["mean"]) else "nan"
+
+    def clip(text: str, width: int) -> str:
+        return text if len(text) <= width else text[:width - 1] + "…"
+
+    rows = []
+    for key in keys:
+        n = int(stats.loc[(*key, "accuracy"), "n"]) if (*key, "accuracy") in stats.index else 0
+        minutes = f"{stats.loc[(*key, 'train_seconds'), 'mean'] / 60:.1f}" if (*key, "train_seconds") in stats.index else ""
+        rows.append([clip(key[0], 14), clip(key[1], 20)] + ([f"{key[2]:g}"] if noise else [])
+                    + ([clip(str(key[4]), 12)] if settings else [])
+                    + [cell(key, "accuracy", 100, 1), cell(key, "mean_class_accuracy", 100, 1), minutes, n])
+    headers = (["method", "dataset"] + (["noise"] if noise else []) + (["set"] if settings else [])
+               + ["acc %", "mca %", "train min", "n"])
+    lines = [tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True), "",
+             "acc: test accuracy, mca: mean class accuracy (mean ± std over n seeds); train min: per cell",
+             f"full table: {full}"]
+    if failures:
+        lines.append(f"{len(failures)} failed cell(s): see {full}")
+    return "\n".join(lines) + "\n"
+
+
 def _floor_flag(count: tuple[int, int] | None) -> str:
     return f"{count[0]}/{count[1]} seeds" if count and count[0] else ""
 
@@ -108,7 +145,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = False) -> str:
-    """Write the summaries, manifest and plots of ``run_dir`` from its store; return summary.md's text.
+    """Write the summaries, manifest and plots of ``run_dir`` from its store; return the terminal's table
+    (``terminal_summary``; summary.md holds the full one).
 
     ``specs``: the cells of the current grid (None: every cell in the store).
     """
@@ -137,7 +175,7 @@ def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = Fal
     _atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str))
     write_run_plots(run_dir, cells, artifacts, long, tsne)
     write_curve_plots(run_dir / "plots", curves, long)
-    return text
+    return terminal_summary(summary, failures, run_dir / "summary.md")
 
 
 def write_curve_plots(plots: Path, curves: pd.DataFrame, long: pd.DataFrame) -> list[Path]:

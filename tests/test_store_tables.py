@@ -121,3 +121,27 @@ def test_copy_cell_figures_takes_the_smallest_seed_of_each_grid_point(tmp_path):
         copied = copy_cell_figures(store, run, tmp_path / "figures", ["a", "b", "c", "d"], {"siamese"})
     assert [p.name for p in copied] == ["snap_synthetic-classes-6_seed1.png"]
     assert copied[0].read_bytes() == b"d"
+
+
+def test_threads_are_part_of_the_cell_id_only_when_not_the_default():
+    from pathlib import Path
+    from fer_bench.runner import DEFAULT_THREADS, expand_grid
+    one = expand_grid(["majority"], ["synthetic"], [0], [0.0], "quick", {}, "cpu")[0]
+    assert one.threads == DEFAULT_THREADS == 1
+    committed = Path(__file__).resolve().parents[1] / "results" / "acceptance" / "results.sqlite"
+    with Store(committed) as store:  # the committed cells keep their ids
+        assert store.status(one.cell_id) == "done"
+    two = expand_grid(["majority"], ["synthetic"], [0], [0.0], "quick", {}, "cpu", threads=2)[0]
+    assert two.threads == 2 and two.cell_id != one.cell_id
+
+
+def test_terminal_summary_fits_100_columns_and_points_to_the_full_table(tmp_path):
+    from fer_bench.tables import terminal_summary
+    long = pd.DataFrame([{"method": "paca_learned", "dataset": "synthetic:size=48,n_train=3000,nuisance=2.0",
+                          "label_noise": 0.3, "profile": "quick", "overrides": "lr=0.001,weight_decay=0.0001",
+                          "metric": metric, "value": value, "seed": seed}
+                         for seed in (0, 1, 2) for metric, value in
+                         (("accuracy", 0.8123), ("mean_class_accuracy", 0.6789), ("train_seconds", 1234.5))])
+    text = terminal_summary(summarize(long), [], tmp_path / "summary.md")
+    assert max(len(line) for line in text.splitlines() if not line.startswith("full table:")) <= 100, text
+    assert "81.2 ± 0.0" in text and "20.6" in text and str(tmp_path / "summary.md") in text
