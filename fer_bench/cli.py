@@ -176,7 +176,7 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
         retry_failed: bool, tsne: bool, plugins: tuple[str, ...], **ray: Any) -> None:
     """Train and evaluate a grid of methods x datasets x seeds x label-noise rates."""
     from fer_bench.method import resolve_device
-    from fer_bench.runner import check_reuse_dirs, expand_grid, run_grid
+    from fer_bench.runner import check_reuse_dirs, check_run_dir, expand_grid, run_grid
     from fer_bench.tables import write_run_outputs
 
     _load_plugins(plugins)
@@ -189,7 +189,7 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
     specs = expand_grid(method_names, list(datasets), _split_list(seeds, int, "seeds"),
                         _split_list(label_noise, float, "label-noise"), profile, overrides, device, data_root, noise_kind,
                         list(test_datasets) or None, matrix, budget, threads_per_cell)
-    run_dir = Path(out)
+    run_dir = check_run_dir(out)
     reuse_dirs = check_reuse_dirs(list(reuse))
     total = len(specs)
     counter = {"i": 0}
@@ -200,7 +200,9 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
         if result is None:
             click.echo(f"{where}: {event}")
         elif result.status == "done":
-            click.echo(f"{where}: done in {result.seconds:.1f}s, accuracy {result.metrics.get('accuracy', float('nan')):.4f}")
+            resumed = result.info.get("resumed_from_epoch", 0)
+            click.echo(f"{where}: done in {result.seconds:.1f}s, accuracy {result.metrics.get('accuracy', float('nan')):.4f}"
+                       + (f" (resumed from its checkpoint at epoch {resumed})" if resumed else ""))
             warn_at_floor(spec, result)
         else:
             click.echo(f"{where}: FAILED: {result.error}")

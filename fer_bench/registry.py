@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import sys
 import tempfile
+import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -159,9 +160,22 @@ def load_plugin_file(path: str | Path) -> None:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception:
+    except Exception as exc:
         del sys.modules[module_name]
-        raise
+        raise PluginError(f"plugin {path}{_line_in(exc, path)} failed to load: {type(exc).__name__}: "
+                          f"{getattr(exc, 'msg', None) or exc}; fix the file or drop --plugin {path.name}.") from exc
+
+
+class PluginError(ImportError):
+    """A ``--plugin`` file that does not import (a syntax error, or an exception at import time)."""
+
+
+def _line_in(exc: BaseException, path: Path) -> str:
+    """``:LINE``, the line of ``path`` where ``exc`` was raised (or the offending line of a syntax error)."""
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return f":{exc.lineno}"
+    lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if Path(frame.filename) == path]
+    return f":{lines[-1]}" if lines else ""
 
 
 def load_plugin_sources(plugins: list[tuple[str, str]]) -> None:

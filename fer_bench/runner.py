@@ -8,6 +8,7 @@ cells and never lets one failing cell stop the grid.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -18,6 +19,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -252,6 +254,7 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    phases = PhaseClock()
     torch.manual_seed(spec.seed)  # the runner's entry: the one place global seeding happens
     train, val, test = load_splits(spec)
     info: dict[str, Any] = {"fingerprints": {"train": train.fingerprint, "test": test.fingerprint,
@@ -259,6 +262,9 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
                             "data": {d.split: dataset_record(d) for d in (train, val, test) if d is not None}}
     if spec.label_noise > 0:
         confusion = confusion_for(spec.noise_matrix, train.classes) if spec.noise_matrix else None
+        if confusion is not None and not (confusion * (1 - np.eye(len(confusion)))).any():
+            raise ValueError(f"the noise matrix flips no class of {spec.dataset_label} (its weights name only other "
+                             f"classes, or the diagonal); asymmetric noise would change no label.")
         noisy = noisy_labels(train.labels, train.num_classes, spec.label_noise, spec.noise_kind, spec.seed, confusion)
         info["noisy_labels_hash"] = labels_hash(noisy)
         info["actual_noise_rate"] = float((noisy != train.labels).mean())
@@ -272,6 +278,7 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
         info["fingerprints"]["test_in_train_label_space"] = test.fingerprint
         shared = np.unique(test.labels)
 
+    phases.lap("data")
     trained = _trained_sibling(spec, workdir)
     if trained is not None:  # same method, data, seed and noise already trained in this run: test that model
         method = get_method(spec.method).load(trained / "model")
@@ -282,6 +289,7 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
             method.workdir = str(workdir / "checkpoint")
             method.progress = progress
         method.fit(train, val)
+    phases.lap("train")
     proba = method.predict_proba(test)
     pred = shared[proba[:, shared].argmax(1)]  # a cross-dataset cell predicts among the shared classes only
     test_emb = method.embed(test)
@@ -305,6 +313,7 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
                 history=train_info.get("history", []), resumed_from_epoch=train_info.get("resumed_from_epoch", 0),
                 device=str(getattr(method, "device_", "cpu")), classes=list(train.classes),
                 torch_threads=torch.get_num_threads())  # CPU results differ in the last bits across thread counts
+    phases.lap("evaluate")
 
     artifacts = {}
     for key, array in {"test_labels": test.labels, "test_pred": pred, "test_proba": proba, "test_embed": test_emb}.items():
@@ -315,7 +324,22 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
     (workdir / TRAINING_KEY_FILE).write_text(training_key(spec))  # after the model: a reader finds it whole
     if (workdir / "extra").is_dir():
         artifacts.update({f"extra/{p.name}": f"extra/{p.name}" for p in sorted((workdir / "extra").iterdir())})
+    phases.lap("write")
+    info["phases"] = phases.laps
     return CellResult(spec.cell_id, "done", metrics, artifacts, info, time.perf_counter() - start, curve=curve)
+
+
+class PhaseClock:
+    """Wall and process-CPU seconds of a cell's phases (data, train, evaluate, write), kept in its info."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, dict[str, float]] = {}
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.laps[name] = {"seconds": wall - self._wall, "cpu_seconds": cpu - self._cpu}
+        self._wall, self._cpu = wall, cpu
 
 
 # the training budget and cost of a cell (DESIGN.md section 9), copied from the trainer's report
@@ -479,7 +503,7 @@ def import_finished_cells(specs: list[CellSpec], store: Store, run_dir: Path, re
     for source_dir in reuse:
         if source_dir.resolve() == run_dir.resolve():
             continue
-        with Store(source_dir / STORE_NAME) as source:
+        with Store(source_dir / STORE_NAME, readonly=True) as source:
             for spec in specs:
                 if spec.cell_id in imported or store.status(spec.cell_id) == "done":
                     continue
@@ -493,25 +517,92 @@ def import_finished_cells(specs: list[CellSpec], store: Store, run_dir: Path, re
     return imported
 
 
+def check_run_dir(run_dir: str | Path, option: str = "--out") -> Path:
+    """``run_dir`` as a folder this process can write (existing or creatable); a one-line ParameterError
+    naming what is in the way otherwise, before any cell runs."""
+    run_dir = Path(run_dir)
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == run_dir else f"is under {existing}, which is a file"
+        raise ParameterError(f"{option} {run_dir} {where}, not a folder; pass a folder (it is created if missing).")
+    writable = [existing] + ([existing / STORE_NAME] if (existing / STORE_NAME).exists() and existing == run_dir else [])
+    for path in writable:
+        if not os.access(path, os.W_OK):
+            raise ParameterError(f"{option} {run_dir}: {path} is not writable; choose a folder you can write "
+                                 f"(finished cells of a read-only run directory can be reused with --reuse).")
+    return run_dir
+
+
+def missing_artifacts(store: Store, cell_id: str, run_dir: Path) -> list[str]:
+    """The recorded artifacts of a cell that are not in ``run_dir`` (a deleted or partly copied cell folder)."""
+    return [path for path in store.artifacts(cell_id).values() if not (run_dir / path).exists()]
+
+
+class RunDirectoryBusy(ValueError):
+    """Another live process runs cells in this run directory."""
+
+
+LOCK_FILE = ".fer_bench.lock"
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` for this process: a second run with the same ``--out`` stops with one line naming the
+    first, instead of resuming its in-progress checkpoints. An advisory ``flock``, which the OS releases when
+    its process dies, so the lock of a killed run is taken over by the next one. (No locking where ``fcntl``
+    does not exist, i.e. Windows.)"""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise RunDirectoryBusy(f"run directory {run_dir} is in use by {holder}; wait for that run to end, "
+                                   f"or pass another --out.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"fer-bench (pid {os.getpid()} on {socket.gethostname()}, since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def run_grid(specs: list[CellSpec], run_dir: str | Path, executor: Executor, retry_failed: bool = False,
              on_event: Callable[[str, CellSpec, CellResult | None], None] | None = None,
-             reuse: list[Path] = ()) -> dict[str, list[str]]:
+             reuse: list[Path] = (), need_artifacts: bool = True) -> dict[str, list[str]]:
     """Run the pending cells of ``specs``; returns the cell ids by outcome (done, failed, imported, skipped;
     ``failed_before``: the skipped cells that had failed in an earlier run and were not retried).
 
     ``reuse``: other run directories whose finished cells with the same id are imported instead of run.
+    ``need_artifacts``: a finished cell whose recorded artifacts (predictions, model, ...) are gone from the
+    run directory is run again (``fer-bench run``; paper tables read metrics only and pass False).
+    The run directory is locked for the duration (``run_dir_lock``).
     """
     run_dir = Path(run_dir)
     outcome: dict[str, list[str]] = {"done": [], "failed": [], "imported": [], "skipped": [], "failed_before": []}
-    with Store(run_dir / STORE_NAME) as store:
+    with run_dir_lock(run_dir), Store(run_dir / STORE_NAME) as store:
         imported = import_finished_cells(specs, store, run_dir, list(reuse))
         pending = []
         for spec in specs:
             status = store.status(spec.cell_id)
+            missing = missing_artifacts(store, spec.cell_id, run_dir) if need_artifacts and status == "done" else []
             if spec.cell_id in imported:
                 outcome["imported"].append(spec.cell_id)
                 if on_event:
                     on_event(f"import (from {imported[spec.cell_id]})", spec, None)
+            elif missing:
+                if on_event:
+                    on_event(f"run again ({missing[0]} is missing)", spec, None)
+                if spec.cell_id not in {p.cell_id for p in pending}:
+                    pending.append(spec)
             elif status == "done" or (status == "failed" and not retry_failed):
                 outcome["skipped"].append(spec.cell_id)
                 if status == "failed":

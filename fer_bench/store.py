@@ -43,6 +43,19 @@ CREATE TABLE IF NOT EXISTS artifacts (
 """
 
 STORE_NAME = "results.sqlite"
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection; on a read-only folder (where SQLite cannot create the WAL index) the file is
+    opened as immutable, which is safe there because nobody can write it either."""
+    if not path.is_file():
+        raise sqlite3.OperationalError("no such file")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60, isolation_level=None)
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError:
+        return sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True, isolation_level=None)
 CURVE_FIELDS = ("step", "epoch", "anchor_images", "train_loss", "val_accuracy", "val_mean_class_accuracy", "val_score")
 
 
@@ -55,22 +68,39 @@ def _curve_statements(cell_id: str, curve: Any) -> list[tuple[str, tuple]]:
     return out
 
 
-class Store:
-    """Results of the cells of one run directory."""
+class StoreError(ValueError):
+    """A results store that cannot be opened: not a SQLite file, damaged, or not writable."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+
+class Store:
+    """Results of the cells of one run directory. ``readonly``: open for reading only (another run's store
+    given to ``--reuse``, possibly on a read-only filesystem); nothing is written to it or next to it."""
+
+    def __init__(self, path: str | Path, readonly: bool = False):
+        self.path, self.readonly = Path(path), readonly
+        try:
+            if readonly:
+                self._db = _connect_readonly(self.path)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(SCHEMA)
+            self._db.execute("SELECT count(*) FROM cells").fetchone()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            what = "read" if readonly else "open for writing"
+            hint = ("move the file away (it may be damaged: 'sqlite3 FILE .recover' can rescue rows) or choose "
+                    "another folder" if "not a database" in str(exc) or "malformed" in str(exc) or "no such table"
+                    in str(exc) else "check the folder's permissions or choose another folder")
+            raise StoreError(f"cannot {what} the results store {self.path} ({exc}); {hint}.") from None
 
     def close(self) -> None:
-        try:  # fold the write-ahead log back into the file so the store is one self-contained file
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.OperationalError:  # another process holds it: it will checkpoint on its close
-            pass
+        if not self.readonly:
+            try:  # fold the write-ahead log back into the file so the store is one self-contained file
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError:  # another process holds it: it will checkpoint on its close
+                pass
         self._db.close()
 
     def __enter__(self) -> "Store":

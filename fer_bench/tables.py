@@ -163,9 +163,12 @@ def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = Fal
     failures = [{"method": c["spec"]["method"], "dataset": c["spec"]["dataset_label"], "seed": c["spec"]["seed"],
                  "error": c["error"]} for c in cells if c["status"] == "failed"]
     summary = summarize(long)
+    interrupted = sum(c["status"] == "running" for c in cells)
     _atomic_write(run_dir / "metrics_long.csv", long.to_csv(index=False))
     _atomic_write(run_dir / "summary.csv", summary.to_csv(index=False))
-    text = summary_markdown(summary, failures)
+    note = (f"\n{interrupted} cell(s) were interrupted (status running) and are not in this table: rerun the same "
+            f"command to finish them.\n" if interrupted else "")
+    text = summary_markdown(summary, failures) + note
     _atomic_write(run_dir / "summary.md", text)
     manifest = {**environment(), "cells": [
         {"cell_id": c["id"], "status": c["status"], "spec": c["spec"],
@@ -175,7 +178,7 @@ def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = Fal
     _atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str))
     write_run_plots(run_dir, cells, artifacts, long, tsne)
     write_curve_plots(run_dir / "plots", curves, long)
-    return terminal_summary(summary, failures, run_dir / "summary.md")
+    return terminal_summary(summary, failures, run_dir / "summary.md") + note
 
 
 def write_curve_plots(plots: Path, curves: pd.DataFrame, long: pd.DataFrame) -> list[Path]:
@@ -377,7 +380,7 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
         declared = [Path(results_root) / d for d in spec.get("reuse") or []]
         sources = [*reuse, *(d for d in declared if (d / STORE_NAME).is_file())]
         run_grid(list(cells.values()), run_dir, executor or LocalExecutor(progress=None), on_event=on_event,
-                 reuse=sources)
+                 reuse=sources, need_artifacts=False)  # tables read metrics; committed results keep no cell folders
     if not (run_dir / STORE_NAME).is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} has no results yet; run 'fer-bench tables {benchmark_path}' "
                                 f"without --no-run first.")

@@ -110,6 +110,9 @@ def read_noise_matrix(path: str) -> dict[str, dict[str, float]]:
         out[t] = {L.NAMES[L.canonical_id(str(noisy))]: float(w) for noisy, w in row.items() if float(w) != 0.0}
         if any(w < 0 for w in out[t].values()):
             raise ValueError(f"--noise-matrix {path}: row {true!r} has a negative weight; weights must be >= 0.")
+    if not any(w > 0 for t, row in out.items() for noisy, w in row.items() if noisy != t):
+        raise ValueError(f"--noise-matrix {path} flips nothing: every non-zero weight is on the diagonal (true = "
+                         f"noisy); put weight on the wrong classes a true class should turn into.")
     return out
 
 
