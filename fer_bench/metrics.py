@@ -10,22 +10,31 @@ What comes from where:
 * Retrieval, also from the SGMLoss paper (section 4.1, Fig. 3): Recall@K (a query scores 1 if any
   of its K nearest neighbours in the test set shares its label) and Acc@K (the fraction of the K
   nearest that share it), the test set queried against itself with the query excluded; kNN
-  classification with k = 11 training neighbours (its Table 2); NMI of k-means clusters.
-* MAP@R from Musgrave, Belongie and Lim, "A Metric Learning Reality Check" (ECCV 2020), computed as
-  pytorch-metric-learning's ``AccuracyCalculator`` computes ``mean_average_precision_at_r``.
+  classification with k = 11 training neighbours (its Table 2); NMI of k-means clusters, and AMI
+  (scikit-learn's ``adjusted_mutual_info_score``) of the same clusters.
+* MAP@R and R-precision from Musgrave, Belongie and Lim, "A Metric Learning Reality Check" (ECCV
+  2020), computed as pytorch-metric-learning's ``AccuracyCalculator`` computes
+  ``mean_average_precision_at_r`` and ``r_precision``.
 * KL / JS divergence to reference label distributions (SCE-ALD and FERPlus-style vote targets).
 * Cost helpers: parameter count, peak memory, inference milliseconds per image.
 
 Conventions. Labels are integer class indices ``0..C-1``. Where a per-class ratio has a zero
 denominator (a class absent from ``y_true`` has no recall, a class never predicted has no
 precision) the ratio is 0, as scikit-learn's ``zero_division=0``; macro averages run over all
-``num_classes`` classes. ``mean_class_accuracy`` is the exception: it averages recall over the
-classes present in ``y_true`` only (scikit-learn's ``balanced_accuracy_score``).
+``num_classes`` classes of the label space, present or not. ``mean_class_accuracy`` is the
+exception: it averages recall over the classes present in ``y_true`` only (scikit-learn's
+``balanced_accuracy_score``). k-means for NMI / AMI uses k = the number of classes present.
 
-Nearest neighbours (``knn_indices``) use squared Euclidean distance computed in float32 as chunked
-matrix products plus ``torch.topk``; no N x N matrix is ever held. Neighbours are ordered by
-distance, and ties in the computed distance are broken by the smaller gallery index, so results do
-not depend on the chunk size, thread count or topk's internal order.
+Retrieval metrics (Recall@K, Acc@K, MAP@R, R-precision) leave out lone queries, those whose class
+has no other member in the set, as ``AccuracyCalculator`` does; they are NaN if every query is lone.
+
+Nearest neighbours (``knn_indices``) are exact: ordered by the float64 squared distance
+``sum_j (q_j - g_j)^2``, ties broken by the smaller gallery index, which is the order of a stable
+argsort of the full float64 distance matrix. They are found by a screen (chunked matrix products
+plus ``torch.topk``, in float32, or float64 for large k; no N x N matrix is ever held) whose
+rounding error is bounded, then exact float64 distances where the screen's scores are too close
+to tell; rows the bound cannot settle are redone exactly. Results do not depend on the chunk
+size, device, thread count or topk's internal order.
 """
 from __future__ import annotations
 
@@ -45,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_KS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 TIE_BREAKS: tuple[str, ...] = ("nearest", "lowest_label")
+_MAX_EMBEDDING = 1e150  # larger values could overflow a float64 squared distance
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,16 +81,20 @@ def _labels(y: object, name: str, func: str, num_classes: int | None = None) -> 
 
 
 def _embeddings(x: object, name: str, func: str) -> np.ndarray:
-    """Return ``x`` as a 2-D float32 array of finite values (no copy when already so)."""
+    """Return ``x`` as a 2-D array of finite values: float32 (and float16) as float32, anything
+    else as float64, so that no value is rounded (no copy when already so)."""
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    arr = np.asarray(x, dtype=np.float32)
+        x = x.detach().cpu()
+        x = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).numpy()
+    arr = np.asarray(x)
+    arr = arr.astype(np.float32 if arr.dtype in (np.float32, np.float16) else np.float64, copy=False)
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"The '{name}' parameter of {func} must be a non-empty 2-D array (N, D). "
                          f"Got shape {arr.shape} instead.")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"The '{name}' parameter of {func} must hold finite numbers. "
-                         f"Got NaN or inf (after the cast to float32) instead.")
+    if not np.isfinite(arr).all() or float(np.abs(arr).max()) >= _MAX_EMBEDDING:
+        raise ValueError(f"The '{name}' parameter of {func} must hold finite numbers of magnitude "
+                         f"below {_MAX_EMBEDDING:g} (so that squared distances are finite in "
+                         f"float64). Got NaN, inf or a larger number instead.")
     return arr if arr.flags.writeable else arr.copy()  # torch.from_numpy warns on read-only arrays
 
 
@@ -160,7 +174,9 @@ def mean_class_accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
 
 def macro_precision_recall_f1(y_true: Sequence[int], y_pred: Sequence[int],
                               num_classes: int) -> tuple[float, float, float]:
-    """Macro (P, R, F1) over all ``num_classes`` classes; F1 is the mean of per-class F1.
+    """Macro (P, R, F1): means over all ``num_classes`` classes of the label space, also those
+    absent from ``y_true`` (recall 0) or never predicted (precision 0); F1 is the mean of per-class
+    F1, not 2PR / (P + R) (that is ``sgm_f1``).
 
     Equals scikit-learn's ``precision_recall_fscore_support(average="macro",
     labels=range(num_classes), zero_division=0)``.
@@ -174,14 +190,23 @@ def macro_precision_recall_f1(y_true: Sequence[int], y_pred: Sequence[int],
 
 
 def sgm_f1(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> float:
-    """SGMLoss paper's F1: 2PR / (P + R) from the macro P and R (0 when P + R = 0)."""
+    """SGMLoss paper's F1: 2PR / (P + R) from the macro P and R (0 when P + R = 0).
+
+    P and R are those of ``macro_precision_recall_f1``: means over all ``num_classes`` classes of
+    the label space, a class absent from ``y_true`` and never predicted counting 0 in both.
+    """
     p, r, _ = macro_precision_recall_f1(y_true, y_pred, num_classes)
     return 0.0 if p + r == 0 else 2 * p * r / (p + r)
 
 
 def classification_report(y_true: Sequence[int], y_pred: Sequence[int],
                           num_classes: int) -> dict[str, float]:
-    """Flat name -> value dict of the classification metrics, for the result store."""
+    """Flat name -> value dict of the classification metrics, for the result store.
+
+    ``macro_*`` and ``sgm_f1`` average over all ``num_classes`` classes of the label space (a class
+    absent from ``y_true`` has recall 0, a class never predicted precision 0); ``mean_class_accuracy``
+    over the classes present in ``y_true``; ``recall_class{c}`` for every c < num_classes.
+    """
     p, r, f1 = macro_precision_recall_f1(y_true, y_pred, num_classes)
     report = {
         "accuracy": accuracy(y_true, y_pred),
@@ -199,68 +224,176 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int],
 # --------------------------------------------------------------------------------------------
 # nearest neighbours
 # --------------------------------------------------------------------------------------------
+# Not scikit-learn's NearestNeighbors(algorithm="brute"), deliberately: it finds the same
+# neighbours on data without ties, but ranks by the dot-product form of the distance in float64
+# (inexact for data far from the origin), documents no order among ties and is slower here
+# (benchmarks/perf/knn_metrics.py). This search: a screen with a proven error bound, then exact
+# float64 distances where the screen cannot tell.
 
-_REPAIR_ROWS = 256  # rows per block on the (rare) tie-repair path
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_BLOCK_ELEMENTS = 1 << 22  # float64 elements per block of exact distances (32 MiB)
+_EXACT_COLUMNS = 4096  # gallery columns per step of the per-row exact path
+_WIDE_SCREEN = 32  # float64 screen when k (+ margin) exceeds 1/32 of the gallery
 
 
-def _order_keys(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """int64 keys whose order is (float32 value, index) order; index must be in [0, 2**32)."""
-    bits = (values + 0.0).contiguous().view(torch.int32)  # + 0.0 turns -0.0 into +0.0
-    # IEEE floats order like sign-magnitude integers: flip the magnitude bits of negatives.
-    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return ordered.to(torch.int64) * (1 << 32) + index
+def _sq_distances(queries: np.ndarray, gallery: np.ndarray, rows: np.ndarray,
+                  cols: np.ndarray) -> np.ndarray:
+    """(P,) float64 sum_j (q_j - g_j)^2 of the pairs (query ``rows[p]``, gallery ``cols[p]``).
+
+    The same arithmetic, in the same order, as ``((q[:, None, :] - g[None, :, :]) ** 2).sum(2)`` on
+    float64 arrays: these are the distances that define the neighbour order.
+    """
+    out = np.empty(len(rows), dtype=np.float64)
+    step = max(1, _BLOCK_ELEMENTS // queries.shape[1])
+    for s in range(0, len(rows), step):
+        diff = np.subtract(queries[rows[s:s + step]], gallery[cols[s:s + step]],
+                           dtype=np.float64)  # (b, D)
+        out[s:s + step] = np.square(diff, out=diff).sum(axis=1)
+    return out
+
+
+def _unit_roundoff() -> float:
+    """Unit roundoff of a float32 matrix product under torch's current precision settings."""
+    settings = {torch.get_float32_matmul_precision()}
+    for backend in (torch.backends, getattr(torch.backends.mkldnn, "matmul", None),
+                    getattr(torch.backends.cuda, "matmul", None)):
+        settings.add(getattr(backend, "fp32_precision", "none"))
+    if settings & {"medium", "bf16"}:
+        return 2.0 ** -8  # bfloat16 products
+    if settings & {"high", "tf32"}:
+        return 2.0 ** -11  # TensorFloat-32 products
+    return 2.0 ** -24
+
+
+def _exact_row(queries: np.ndarray, gallery: np.ndarray, row: int, cols: np.ndarray,
+               sims: np.ndarray, k: int, threshold: Callable[[float], float]) -> np.ndarray:
+    """(k,) exact (distance, index) order of query ``row`` among gallery ``cols`` (ascending).
+
+    Columns go in ascending order, a block at a time; a column is skipped once its screen score
+    ``sims[col]`` is below ``threshold(d_k)`` of the current k-th distance, and the walk stops
+    when the k-th distance is 0 (no later, larger index can enter).
+    """
+    best_d = np.empty(0, dtype=np.float64)
+    best_i = np.empty(0, dtype=np.int64)
+    for start in range(0, len(cols), max(k, _EXACT_COLUMNS)):
+        block = cols[start:start + max(k, _EXACT_COLUMNS)]
+        if len(best_i) == k:
+            if best_d[-1] == 0:
+                break
+            block = block[sims[block] >= threshold(best_d[-1])]
+        d = _sq_distances(queries, gallery, np.full(len(block), row), block)
+        best_d, best_i = np.concatenate([best_d, d]), np.concatenate([best_i, block])
+        order = np.lexsort((best_i, best_d))[:k]  # by distance, then index
+        best_d, best_i = best_d[order], best_i[order]
+    return best_i
 
 
 @torch.no_grad()
 def _iter_knn(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool, chunk: int,
-              device: str | torch.device) -> Iterator[tuple[int, torch.Tensor]]:
+              device: str | torch.device) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (start, (m, k) int64 gallery indices) for consecutive blocks of query rows.
 
-    Similarity of query q to gallery item g: q.g - ||g||^2 / 2, which is minus half the squared
-    distance plus a per-query constant, so it ranks a row like the distance. It comes out of one
-    matrix product of [q, -1/2] with [g, ||g||^2] (no separate pass to add the norms). Both sets are
-    first centred on the gallery mean: distances are unchanged and float32 cancellation is smaller
-    for data far from the origin.
+    The order is exact: by the float64 distance ``sum_j (q_j - g_j)^2`` (``_sq_distances``), then
+    by index. How it gets there:
 
-    topk(k + 1) picks the candidates per row; int64 keys then give the exact (distance, index)
-    order among them. If the k-th and (k+1)-th candidates tie, topk may have dropped a tied item
-    with a smaller index: such a row refills its slots of that score with the first indices having
-    it (items scoring better than the k-th are never dropped).
+    1. Screen. Both sets are centred on the gallery mean and scaled by a power of two in float64
+       (neither changes any distance's rank), then cast to the screen's precision: float32, or
+       float64 when k is large (more than 1/32 of the gallery: exact distances for many
+       candidates would then cost more than the float64 product). The score of gallery item g for
+       query q is s = q.g - ||g||^2 / 2 = (||q||^2 - d) / 2, from one matrix product of [q, -1/2]
+       with [g, ||g||^2]. Its computed value is within E(q) = 2 (D + 3) u (||q|| G + G^2) + (tiny
+       rounding and underflow terms) of the exact one, u the unit roundoff of the product and G
+       the largest gallery norm: the standard bound gamma_n sum |x_i y_i| on the rounding of a
+       dot product in any summation order, doubled.
+    2. Order. topk(k + margin) of the scores are the candidates, best first. Candidates whose
+       scores differ by more than 2 E are in the exact order already; runs of closer scores are
+       groups, sorted by exact float64 distance, then index.
+    3. Check. Every gallery item outside the candidates scores at most the last candidate. If the
+       k-th candidate's group ends before the last candidate, every outside item is strictly
+       farther than the k-th (no tie either): the row is exact. Otherwise (a tie at the k-th
+       place, or distances closer together than E there) the row is redone over every item
+       whose score could reach the k-th distance (``_exact_row``); that costs O(N_gallery) for
+       the row, and O(N_gallery D) if that many items are that close.
     """
     n_gallery, dim = gallery.shape
+    available = n_gallery - int(exclude_self)
     dev = torch.device(device)
-    k1 = min(k + 1, n_gallery)  # one more than k, to see a tie at the k-th place
-    centre = torch.from_numpy(gallery.mean(axis=0, dtype=np.float64).astype(np.float32))
-    g_aug = torch.empty((n_gallery, dim + 1), device=dev)  # (Ng, D+1) = [g, ||g||^2]
-    g_aug[:, :dim] = torch.from_numpy(gallery).to(dev) - centre.to(dev)
-    g_aug[:, dim] = g_aug[:, :dim].square().sum(dim=1)
+    k1 = min(available, k + max(8, k // 4))  # candidates per row
+    wide = k1 * _WIDE_SCREEN > n_gallery  # float64 screen
+    screen = np.float64 if wide else np.float32
+    chunk = max(1, chunk // 2) if wide else chunk  # the same memory per chunk
+    centre = gallery.mean(axis=0, dtype=np.float64)  # (D,)
+    g_c = np.subtract(gallery, centre, dtype=np.float64)  # (Ng, D)
+    q_c = g_c if queries is gallery else np.subtract(queries, centre, dtype=np.float64)
+    peak = max(float(np.abs(g_c).max()), float(np.abs(q_c).max()))
+    exponent = max(int(np.frexp(peak)[1]), -1000) if peak > 0 else 0
+    np.ldexp(g_c, -exponent, out=g_c)  # |values| < 1 now: no overflow in float32
+    if queries is not gallery:
+        np.ldexp(q_c, -exponent, out=q_c)
+    g_sq = np.square(g_c).sum(axis=1)  # (Ng,)
+    q_sq = g_sq if queries is gallery else np.square(q_c).sum(axis=1)  # (Nq,)
+    g_max = float(np.sqrt(g_sq.max()))
+    q_norm = np.sqrt(q_sq)  # (Nq,)
+    unit = 2.0 ** -53 if wide else _unit_roundoff()
+    err = (2 * (dim + 3) * unit * (q_norm * g_max + g_max ** 2)  # (Nq,) the product
+           + (dim + 4) * (2.0 ** -1060 if wide else 2.0 ** -140)  # its underflow
+           + 8 * (dim + 2) * 2.0 ** -53 * (q_sq + 2 * q_norm * g_max + g_max ** 2)  # float64 rounding
+           + float(np.ldexp(dim + 1.0, -1074 - 2 * exponent)))  # float64 underflow
+
+    def threshold(row: int, d_k: float) -> np.ndarray:
+        """Lowest screen score (screen dtype) an item with exact distance <= d_k can have."""
+        value = (q_sq[row] - np.ldexp(d_k, -2 * exponent)) / 2 - err[row]
+        bounded = screen(np.clip(value, -_FLOAT32_MAX / 2, _FLOAT32_MAX / 2))  # |scores| <= 2 D
+        return bounded if bounded <= value else np.nextafter(bounded, screen(-np.inf))
+
+    as_torch = torch.float64 if wide else torch.float32
+    g_aug = torch.empty((n_gallery, dim + 1), dtype=as_torch, device=dev)  # [g, ||g||^2]
+    g_aug[:, :dim] = torch.from_numpy(g_c.astype(screen, copy=False)).to(dev)
+    g_aug[:, dim] = torch.from_numpy(g_sq.astype(screen, copy=False)).to(dev)
     if queries is gallery:
         q_aug = g_aug.clone()  # (Nq, D+1) = [q, -1/2]
     else:
-        q_aug = torch.empty((queries.shape[0], dim + 1), device=dev)
-        q_aug[:, :dim] = torch.from_numpy(queries).to(dev) - centre.to(dev)
+        q_aug = torch.empty((queries.shape[0], dim + 1), dtype=as_torch, device=dev)
+        q_aug[:, :dim] = torch.from_numpy(q_c.astype(screen, copy=False)).to(dev)
     q_aug[:, dim] = -0.5
-    buffer = torch.empty((min(chunk, q_aug.shape[0]), n_gallery), device=dev)  # reused per chunk
+    del g_c, q_c
+    buffer = torch.empty((min(chunk, q_aug.shape[0]), n_gallery), dtype=as_torch, device=dev)
     for start in range(0, q_aug.shape[0], chunk):
         stop = min(start + chunk, q_aug.shape[0])
+        rows = np.arange(start, stop)
         sim = buffer[:stop - start]  # (m, Ng)
         torch.mm(q_aug[start:stop], g_aug.t(), out=sim)
         if exclude_self:
             sim.diagonal(offset=start).fill_(-math.inf)
-        cand_sim, cand_idx = torch.topk(sim, k1, dim=1, largest=True, sorted=True)  # (m, k1)
-        # Exact order: larger similarity first, then smaller index.
-        keys = _order_keys(-cand_sim, cand_idx)  # (m, k1)
-        idx = torch.topk(keys, k, dim=1, largest=False, sorted=True).values & 0xFFFFFFFF  # (m, k)
-        if k1 > k:
-            kth = cand_sim[:, k - 1:k]  # (m, 1) k-th best similarity
-            rows = torch.nonzero(cand_sim[:, k] == kth[:, 0]).flatten()
-            for r0 in range(0, len(rows), _REPAIR_ROWS):
-                r = rows[r0:r0 + _REPAIR_ROWS]
-                equal = sim[r] == kth[r]  # (r, Ng)
-                rank = equal.cumsum(dim=1, dtype=torch.int32)  # (r, Ng) 1-based rank among equals
-                n_better = (cand_sim[r, :k] > kth[r]).sum(dim=1, dtype=torch.int32)  # (r,)
-                row, col = torch.nonzero(equal & (rank <= (k - n_better)[:, None]), as_tuple=True)
-                idx[r[row], (n_better[row] + rank[row, col] - 1).long()] = col
+        cand_sim, cand_idx = torch.topk(sim, k1, dim=1, sorted=True)  # (m, k1), best score first
+        cand = cand_idx.cpu().numpy()
+        score = cand_sim.cpu().numpy().astype(np.float64, copy=False)  # (m, k1)
+        apart = score[:, :-1] - score[:, 1:] > 2 * err[rows, None]  # (m, k1-1) order certain
+        group = np.zeros(score.shape, dtype=np.int64)  # (m, k1), nondecreasing along a row
+        np.cumsum(apart, axis=1, out=group[:, 1:])
+        kth_group = group[:, k - 1]  # (m,)
+        grouped = np.zeros(score.shape, dtype=bool)  # (m, k1) in a group of two or more
+        grouped[:, 1:] = ~apart
+        grouped[:, :-1] |= ~apart
+        grouped &= group <= kth_group[:, None]  # only the groups up to the k-th matter
+        idx = cand[:, :k].copy()  # (m, k)
+        sort = np.flatnonzero(grouped.any(axis=1))  # rows whose order needs exact distances
+        dist = np.zeros((len(sort), k1))  # (m', k1) exact where it decides the order
+        r, c = np.nonzero(grouped[sort])
+        dist[r, c] = _sq_distances(queries, gallery, rows[sort[r]], cand[sort[r], c])
+        order = np.lexsort((cand[sort], dist, group[sort]), axis=1)  # group, distance, index
+        idx[sort] = np.take_along_axis(cand[sort], order[:, :k], axis=1)
+        if k1 < available:
+            # Settled unless the k-th candidate's group reaches the last candidate.
+            for j in np.flatnonzero(group[sort, -1] == kth_group[sort]):
+                i = sort[j]
+                d_k = dist[j, order[j, k - 1]]  # >= the true k-th distance
+                sims = sim[i].cpu().numpy()  # (Ng,)
+                cols = np.flatnonzero(sims >= threshold(rows[i], d_k))
+                if exclude_self:
+                    cols = cols[cols != rows[i]]
+                idx[i] = _exact_row(queries, gallery, int(rows[i]), cols, sims, k,
+                                    lambda d, r=int(rows[i]): threshold(r, d))
         yield start, idx
 
 
@@ -268,9 +401,14 @@ def knn_indices(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: 
                 chunk: int = 4096, device: str | torch.device = "cpu") -> np.ndarray:
     """(Nq, k) int64 indices of the k nearest gallery rows (Euclidean), nearest first.
 
-    With ``exclude_self`` row i of ``queries`` is taken to be row i of ``gallery`` and is never its
-    own neighbour (pass the same array twice). Memory is O(N_gallery x chunk); ties in the float32
-    distance go to the smaller gallery index.
+    Exact: the order is that of the float64 squared distances ``sum_j (q_j - g_j)^2`` (float32
+    inputs are exact in float64), ties going to the smaller gallery index. It is the first k
+    columns of a stable argsort of the full float64 distance matrix, whatever the chunk size,
+    device or thread count. With ``exclude_self`` row i of ``queries`` is taken to be row i of
+    ``gallery`` and is never its own neighbour (pass the same array twice). Memory is
+    O(N_gallery x chunk). Time is that of the float32 product plus O(k D) per row, and O(N_gallery)
+    more for a row whose k-th place is tied (or closer than float32 can tell) with items beyond
+    the k + margin screened candidates (see ``_iter_knn``).
     """
     func = "knn_indices"
     q = _embeddings(queries, "queries", func)
@@ -286,13 +424,21 @@ def knn_indices(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: 
     chunk = _positive_int(chunk, "chunk", func)
     out = np.empty((q.shape[0], k), dtype=np.int64)
     for start, idx in _iter_knn(q, g, k, exclude_self, chunk, device):
-        out[start:start + idx.shape[0]] = idx.cpu().numpy()
+        out[start:start + len(idx)] = idx
     return out
 
 
 # --------------------------------------------------------------------------------------------
 # embedding metrics
 # --------------------------------------------------------------------------------------------
+# Lone queries. A query whose class has no other member in the set cannot retrieve its class:
+# Recall@K, Acc@K, MAP@R and R-precision leave it out (pytorch-metric-learning's
+# AccuracyCalculator does the same), and are NaN when every query is lone.
+
+def _others_in_class(y: np.ndarray) -> np.ndarray:
+    """(N,) number of other items with each item's label (R of MAP@R; 0 for a lone query)."""
+    return np.bincount(y)[y] - 1
+
 
 def retrieval_metrics(embeddings: np.ndarray, labels: Sequence[int],
                       ks: Sequence[int] = DEFAULT_KS, chunk: int = 4096,
@@ -300,8 +446,10 @@ def retrieval_metrics(embeddings: np.ndarray, labels: Sequence[int],
     """(Recall@K, Acc@K) dicts of the SGMLoss paper, the set queried against itself.
 
     Recall@K: fraction of queries with at least one of their K nearest (self excluded) sharing the
-    query's label. Acc@K: mean over queries of the fraction of the K nearest sharing it. Every query
-    counts (also one whose class has no other member). K larger than N - 1 is skipped.
+    query's label. Acc@K: mean over queries of the fraction of the K nearest sharing it. Both
+    average over the queries that have another item of their class; lone queries are left out,
+    and the values are NaN if every query is lone. K larger than N - 1 is skipped. Neighbours are
+    those of ``knn_indices`` (exact float64 order, ties to the smaller index).
     """
     func = "retrieval_metrics"
     x = _embeddings(embeddings, "embeddings", func)
@@ -311,8 +459,11 @@ def retrieval_metrics(embeddings: np.ndarray, labels: Sequence[int],
     ks = [k for k in ks if k <= len(x) - 1]
     if not ks:
         return {}, {}
+    keep = _others_in_class(y) > 0  # (N,) not lone
+    if not keep.any():
+        return {k: math.nan for k in ks}, {k: math.nan for k in ks}
     idx = knn_indices(x, x, ks[-1], exclude_self=True, chunk=chunk, device=device)  # (N, Kmax)
-    same = y[idx] == y[:, None]  # (N, Kmax)
+    same = (y[idx] == y[:, None])[keep]  # (N', Kmax)
     recall = {k: float(same[:, :k].any(axis=1).mean()) for k in ks}
     acc = {k: float(same[:, :k].mean()) for k in ks}
     return recall, acc
@@ -320,13 +471,13 @@ def retrieval_metrics(embeddings: np.ndarray, labels: Sequence[int],
 
 def recall_at_k(embeddings: np.ndarray, labels: Sequence[int],
                 ks: Sequence[int] = DEFAULT_KS, **knn_options: object) -> dict[int, float]:
-    """Recall@K of the SGMLoss paper (see ``retrieval_metrics``)."""
+    """Recall@K of the SGMLoss paper, lone queries left out (see ``retrieval_metrics``)."""
     return retrieval_metrics(embeddings, labels, ks, **knn_options)[0]
 
 
 def acc_at_k(embeddings: np.ndarray, labels: Sequence[int],
              ks: Sequence[int] = DEFAULT_KS, **knn_options: object) -> dict[int, float]:
-    """Acc@K of the SGMLoss paper (see ``retrieval_metrics``)."""
+    """Acc@K of the SGMLoss paper, lone queries left out (see ``retrieval_metrics``)."""
     return retrieval_metrics(embeddings, labels, ks, **knn_options)[1]
 
 
@@ -397,76 +548,106 @@ def knn_accuracy(train_emb: np.ndarray, train_labels: Sequence[int], test_emb: n
     return float(np.mean(pred == y))
 
 
-def nmi(embeddings: np.ndarray, labels: Sequence[int], num_classes: int | None = None,
-        seed: int = 0, n_init: int = 10) -> float:
-    """NMI (arithmetic mean) between labels and k-means clusters of the embeddings.
+def clustering_metrics(embeddings: np.ndarray, labels: Sequence[int],
+                       num_classes: int | None = None, seed: int = 0,
+                       n_init: int = 10) -> tuple[float, float]:
+    """(NMI, AMI) between the labels and one k-means clustering of the embeddings.
 
-    k = ``num_classes`` or, if None, the number of distinct labels; scikit-learn ``KMeans``
-    (k-means++, ``n_init`` restarts, ``random_state=seed``).
+    k = the number of distinct labels, so a class of the label space that is absent from
+    ``labels`` gets no cluster; ``num_classes`` is accepted for existing callers and ignored
+    (before issue #19 it set k). scikit-learn ``KMeans`` (k-means++, ``n_init`` restarts,
+    ``random_state=seed``); NMI is ``normalized_mutual_info_score`` and AMI
+    ``adjusted_mutual_info_score``, both with the arithmetic-mean normalisation.
     """
     from sklearn.cluster import KMeans  # imported here: importing fer_bench.metrics stays light
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.metrics import normalized_mutual_info_score
+    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
-    func = "nmi"
+    func = "clustering_metrics"
     x = _embeddings(embeddings, "embeddings", func)
     y = _labels(labels, "labels", func)
     _same_length(func, embeddings=x, labels=y)
-    k = len(np.unique(y)) if num_classes is None else _positive_int(num_classes, "num_classes", func)
-    if k > len(x):
-        raise ValueError(f"The 'num_classes' parameter of {func} must not exceed the number of "
-                         f"embeddings ({len(x)}). Got {k} instead.")
+    k = len(np.unique(y))  # <= len(x) (non-empty): k-means can always run
     with warnings.catch_warnings():  # fewer distinct points than k (a constant embedding): NMI is then 0, as it should be
         warnings.simplefilter("ignore", ConvergenceWarning)
         clusters = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x)
-    return float(normalized_mutual_info_score(y, clusters, average_method="arithmetic"))
+    return (float(normalized_mutual_info_score(y, clusters, average_method="arithmetic")),
+            float(adjusted_mutual_info_score(y, clusters, average_method="arithmetic")))
 
 
-def map_at_r(embeddings: np.ndarray, labels: Sequence[int], chunk: int = 4096,
-             device: str | torch.device = "cpu") -> float:
-    """MAP@R (Musgrave et al. 2020): mean over queries of (1/R) sum_{i<=R} P@i * rel_i.
+def nmi(embeddings: np.ndarray, labels: Sequence[int], num_classes: int | None = None,
+        seed: int = 0, n_init: int = 10) -> float:
+    """NMI of labels and k-means clusters, k = the number of distinct labels (see
+    ``clustering_metrics``)."""
+    return clustering_metrics(embeddings, labels, num_classes, seed, n_init)[0]
 
-    R = number of other items with the query's label; queries with R = 0 are left out (as in
-    pytorch-metric-learning); NaN if every query has R = 0. Memory O(N x max R).
+
+def ami(embeddings: np.ndarray, labels: Sequence[int], num_classes: int | None = None,
+        seed: int = 0, n_init: int = 10) -> float:
+    """AMI of labels and k-means clusters, k = the number of distinct labels (see
+    ``clustering_metrics``)."""
+    return clustering_metrics(embeddings, labels, num_classes, seed, n_init)[1]
+
+
+def map_and_r_precision(embeddings: np.ndarray, labels: Sequence[int], chunk: int = 4096,
+                        device: str | torch.device = "cpu") -> tuple[float, float]:
+    """(MAP@R, R-precision) of Musgrave et al. 2020, the set queried against itself.
+
+    R = number of other items with the query's label. MAP@R: mean over queries of
+    (1/R) sum_{i<=R} P@i * rel_i; R-precision: mean over queries of the fraction of the R nearest
+    sharing the label. As pytorch-metric-learning's ``AccuracyCalculator`` (k="max_bin_count"):
+    lone queries (R = 0) are left out, NaN if every query is lone. Memory O(N x max R).
     """
-    func = "map_at_r"
+    func = "map_and_r_precision"
     x = _embeddings(embeddings, "embeddings", func)
     y = _labels(labels, "labels", func)
     _same_length(func, embeddings=x, labels=y)
-    r_all = np.bincount(y)[y] - 1  # (N,) other items with the same label
+    r_all = _others_in_class(y)  # (N,)
     if r_all.max() == 0:
-        return float("nan")
-    total, count = 0.0, 0
-    for start, idx in _iter_knn(x, x, int(r_all.max()), True, chunk, device):
-        idx = idx.cpu().numpy()  # (m, Rmax)
+        return math.nan, math.nan
+    total_ap, total_rp, count = 0.0, 0.0, 0
+    for start, idx in _iter_knn(x, x, int(r_all.max()), True, chunk, device):  # idx (m, Rmax)
         r = r_all[start:start + len(idx)]  # (m,)
         keep = r > 0
         rel = (y[idx] == y[start:start + len(idx), None])[keep]  # (m', Rmax)
         r = r[keep]
-        within_r = np.arange(rel.shape[1]) < r[:, None]  # (m', Rmax)
+        hits = rel & (np.arange(rel.shape[1]) < r[:, None])  # (m', Rmax) relevant within the first R
         precision_at_i = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
-        total += float(np.sum((precision_at_i * (rel & within_r)).sum(axis=1) / r))
+        total_ap += float(np.sum((precision_at_i * hits).sum(axis=1) / r))
+        total_rp += float(np.sum(hits.sum(axis=1) / r))
         count += len(r)
-    return total / count
+    return total_ap / count, total_rp / count
+
+
+def map_at_r(embeddings: np.ndarray, labels: Sequence[int], chunk: int = 4096,
+             device: str | torch.device = "cpu") -> float:
+    """MAP@R (Musgrave et al. 2020), lone queries left out (see ``map_and_r_precision``)."""
+    return map_and_r_precision(embeddings, labels, chunk, device)[0]
+
+
+def r_precision(embeddings: np.ndarray, labels: Sequence[int], chunk: int = 4096,
+                device: str | torch.device = "cpu") -> float:
+    """R-precision (Musgrave et al. 2020), lone queries left out (see ``map_and_r_precision``)."""
+    return map_and_r_precision(embeddings, labels, chunk, device)[1]
 
 
 def embedding_report(train_emb: np.ndarray, train_y: Sequence[int], test_emb: np.ndarray,
                      test_y: Sequence[int], num_classes: int | None = None, seed: int = 0,
                      ks: Sequence[int] = DEFAULT_KS, knn_k: int = 11) -> dict[str, float]:
-    """Flat name -> value dict: recall@K, acc@K, knn_acc, nmi, map@r (NaN if no label repeats).
+    """Flat name -> value dict: recall@K, acc@K, knn_acc, nmi, ami, map@r, r_precision.
 
-    K larger than N_test - 1 is left out, and so is nmi when there are fewer test rows than
-    clusters; kNN uses min(knn_k, N_train) neighbours.
+    K larger than N_test - 1 is left out; kNN uses min(knn_k, N_train) neighbours; nmi and ami
+    share one k-means clustering with k = the number of classes present in ``test_y``
+    (``num_classes`` is accepted and ignored, see ``clustering_metrics``). The retrieval values
+    leave lone test queries out and are NaN if every test class has a single item.
     """
     recall, acc = retrieval_metrics(test_emb, test_y, ks)
     report = {f"recall@{k}": v for k, v in recall.items()}
     report.update({f"acc@{k}": v for k, v in acc.items()})
     k = min(knn_k, len(np.asarray(train_y)))
     report["knn_acc"] = knn_accuracy(train_emb, train_y, test_emb, test_y, k=k)
-    n_clusters = len(np.unique(np.asarray(test_y))) if num_classes is None else num_classes
-    if n_clusters <= len(np.asarray(test_y)):  # else k-means cannot run: the key is left out
-        report["nmi"] = nmi(test_emb, test_y, num_classes, seed=seed)
-    report["map@r"] = map_at_r(test_emb, test_y)
+    report["nmi"], report["ami"] = clustering_metrics(test_emb, test_y, num_classes, seed=seed)
+    report["map@r"], report["r_precision"] = map_and_r_precision(test_emb, test_y)
     return report
 
 

@@ -263,7 +263,7 @@ def test_embedding_report():
     test_x, test_y = blobs(5, 3, 4, spread=1.0, seed=9)  # N = 15: K = 16, 32 are skipped
     report = M.embedding_report(train_x, train_y, test_x, test_y, num_classes=3, seed=0)
     assert set(report) == {"recall@1", "recall@2", "recall@4", "recall@8", "acc@1", "acc@2",
-                           "acc@4", "acc@8", "knn_acc", "nmi", "map@r"}
+                           "acc@4", "acc@8", "knn_acc", "nmi", "ami", "map@r", "r_precision"}
     assert all(isinstance(v, float) for v in report.values())
     assert report["recall@1"] == report["acc@1"]
 
@@ -357,3 +357,227 @@ def test_inference_ms_per_image():
     ms = M.inference_ms_per_image(fn, torch.zeros(11, 3), batch_size=5, repeats=2, warmup=1)
     assert sizes == [5] + [5, 5, 1] * 2  # one warm-up call, then two passes of three batches
     assert 15 / 11 <= ms < 15 / 11 * 3  # >= 3 sleeps of 5 ms per 11 images
+
+
+# ---------------------------------------------------------------------------------------------
+# issue #19: exact float64 order, ties by index, lone queries, NMI's k, R-precision and AMI,
+# macro averages. Oracles: brute_knn (float64 distances, stable argsort), scikit-learn, and
+# pytorch-metric-learning's AccuracyCalculator when it is installed.
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(params=["float32", "float64"])
+def screen(request, monkeypatch):
+    """Run a test with each precision of the neighbour screen (by default float64 only for large k)."""
+    monkeypatch.setattr(M, "_WIDE_SCREEN", 0 if request.param == "float32" else 10 ** 9)
+    return request.param
+
+
+def inputs(kind: str, n: int = 300, seed: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y): "random" float32 normals; "tied" an integer grid (float32; many exact distance ties,
+    and a mean that float32 cannot hold); "float64" 1000 + 1e-3 x (float32 would lose it)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 5, n)
+    if kind == "random":
+        x = (rng.standard_normal((n, 8)) + y[:, None] * 0.3).astype(np.float32)
+    elif kind == "tied":
+        x = (rng.integers(0, 4, (n, 5)) + (y[:, None] == np.arange(5))).astype(np.float32)
+    elif kind == "float64":
+        x = 1000 + 1e-3 * (rng.standard_normal((n, 8)) + y[:, None] * 0.3)
+    else:
+        raise ValueError(kind)
+    y[-1] = 5  # a lone query: its class has no other member
+    return x, y
+
+
+def oracle_metrics(x: np.ndarray, y: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """Recall@K, Acc@K, MAP@R and R-precision from brute_knn in plain Python loops, lone queries
+    (no other member of their class) left out."""
+    idx = brute_knn(x, x, len(x) - 1, exclude_self=True)
+    out = {f"{name}@{k}": [] for name in ("recall", "acc") for k in ks}
+    out |= {"map@r": [], "r_precision": []}
+    for i in range(len(x)):
+        r = int(np.sum(y == y[i])) - 1
+        if r == 0:
+            continue
+        rel = [bool(y[j] == y[i]) for j in idx[i]]
+        for k in ks:
+            out[f"recall@{k}"].append(float(any(rel[:k])))
+            out[f"acc@{k}"].append(sum(rel[:k]) / k)
+        out["map@r"].append(sum(sum(rel[:n + 1]) / (n + 1) for n in range(r) if rel[n]) / r)
+        out["r_precision"].append(sum(rel[:r]) / r)
+    return {name: float(np.mean(values)) for name, values in out.items()}
+
+
+@pytest.mark.parametrize("kind", ["random", "tied", "float64"])
+def test_neighbours_and_retrieval_match_the_float64_oracle(kind, screen):
+    # Items 1 and 2: the neighbour lists are those of the exact float64 distances with ties to
+    # the smaller index (before #19: 10 % of rows agreed on "float64", 82 % on "tied").
+    x, y = inputs(kind)
+    for chunk in (4096, 37):
+        np.testing.assert_array_equal(M.knn_indices(x, x, 20, exclude_self=True, chunk=chunk),
+                                      brute_knn(x, x, 20, True))
+    queries, gallery = x[:70], x[70:]
+    np.testing.assert_array_equal(M.knn_indices(queries, gallery, 11, chunk=16),
+                                  brute_knn(queries, gallery, 11, False))
+    ks = (1, 2, 4, 8, 16)
+    expected = oracle_metrics(x, y, ks)
+    recall, acc = M.retrieval_metrics(x, y, ks)
+    map_r, r_prec = M.map_and_r_precision(x, y)
+    got = ({f"recall@{k}": v for k, v in recall.items()} | {f"acc@{k}": v for k, v in acc.items()}
+           | {"map@r": map_r, "r_precision": r_prec})
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["random", "tied", "float64"])
+def test_knn_accuracy_matches_the_float64_oracle(kind, screen):
+    # Item 1's kNN accuracy: votes of the exact float64 neighbours, ties of votes to the lowest label.
+    x, y = inputs(kind)
+    train_x, train_y, test_x, test_y = x[100:], y[100:], x[:100], y[:100]
+    nl = train_y[brute_knn(test_x, train_x, 11, False)]  # (100, 11)
+    pred = np.array([np.bincount(row, minlength=6).argmax() for row in nl])
+    got = M.knn_accuracy(train_x, train_y, test_x, test_y, k=11)
+    assert got == pytest.approx(np.mean(pred == test_y))
+    if kind == "random":  # no ties: scikit-learn's float64 brute force gives the same lists
+        from sklearn.neighbors import NearestNeighbors
+
+        x64 = x.astype(np.float64)
+        sk = NearestNeighbors(n_neighbors=20, algorithm="brute").fit(x64)
+        np.testing.assert_array_equal(M.knn_indices(x64, x64, 20, exclude_self=True),
+                                      sk.kneighbors(return_distance=False))  # X=None: without self
+
+
+def test_float64_embeddings_are_not_cast_to_float32():
+    # Item 1, the audit's case: on 1000 + 1e-3 x a float32 cast keeps ~2 significant digits of x.
+    rng = np.random.default_rng(21)
+    x = 1000 + 1e-3 * rng.standard_normal((500, 16))
+    got = M.knn_indices(x, x, 8, exclude_self=True)
+    np.testing.assert_array_equal(got, brute_knn(x, x, 8, True))
+    # torch float64 tensors too
+    np.testing.assert_array_equal(M.knn_indices(torch.from_numpy(x), torch.from_numpy(x)[:5], 3),
+                                  brute_knn(x, x[:5], 3, False))
+
+
+def test_a_tie_group_larger_than_the_candidate_list(screen):
+    # Item 2 at the K-th boundary: the query (row 0, the origin) has 40 neighbours at distance
+    # exactly 1 (the +-e_i of R^20, in shuffled order), far more than the k + margin candidates
+    # of the screen; the K = 5 nearest are the five smallest indices among them. A point at 1/3
+    # makes the mean inexact in float32 (before #19 the centring split the tie group).
+    rng = np.random.default_rng(22)
+    units = np.concatenate([np.eye(20), -np.eye(20)])[rng.permutation(40)]
+    far = 5 + rng.integers(0, 3, (30, 20))
+    x = np.concatenate([np.zeros((1, 20)), units, far, np.full((1, 20), 1 / 3)])
+    perm = np.concatenate([[0], 1 + rng.permutation(len(x) - 1)])
+    x = x[perm]
+    unit_rows = np.flatnonzero(np.abs(x).sum(axis=1) == 1)
+    for data in (x, x.astype(np.float32)):
+        got = M.knn_indices(data, data, 5, exclude_self=True)
+        assert got[0].tolist() == sorted(unit_rows)[:5]
+        np.testing.assert_array_equal(got, brute_knn(data, data, 5, True))
+        assert M.knn_indices(data[:1], data, 6)[0].tolist() == [0] + sorted(unit_rows)[:5]
+
+
+def test_lone_queries_are_left_out_of_every_retrieval_metric():
+    # Item 3: one rule for Recall@K, Acc@K, MAP@R and R-precision. A far item of its own label
+    # (a lone query) changes none of them; it is last for everyone else, so K <= 5 is unaffected.
+    x = np.concatenate([LINE_X, [[50.0]]]).astype(np.float32)
+    y = np.append(LINE_Y, 2)
+    recall, acc = M.retrieval_metrics(x, y, ks=(1, 2, 4))
+    assert recall == pytest.approx(RECALL)  # before #19: (4 + 0) / 7 at K = 1
+    assert acc == pytest.approx(ACC)
+    assert M.map_at_r(x, y) == pytest.approx(MAP_AT_R)
+    assert M.r_precision(x, y) == pytest.approx(R_PRECISION)
+    # Every query lone: no value is defined.
+    recall, acc = M.retrieval_metrics(LINE_X, np.arange(6), ks=(1, 2))
+    assert all(math.isnan(v) for v in [*recall.values(), *acc.values()])
+    assert all(math.isnan(v) for v in M.map_and_r_precision(LINE_X, np.arange(6)))
+
+
+def test_nmi_uses_the_classes_present():
+    # Item 4: four well-separated classes of a five-class label space: k = 4 clusters find them
+    # exactly (NMI 1); k = 5 (before #19) splits one and scores less.
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    x, y = blobs(40, 4, 5, spread=1.0, seed=23)
+    assert M.nmi(x, y, num_classes=5, seed=0) == pytest.approx(1.0)
+    assert M.nmi(x, y, num_classes=5, seed=0) == M.nmi(x, y, seed=0)
+    five = KMeans(n_clusters=5, n_init=10, random_state=0).fit_predict(x)
+    assert normalized_mutual_info_score(y, five) < 0.99  # what k = 5 gave
+    report = M.embedding_report(x, y, x, y, num_classes=5, seed=0)
+    assert report["nmi"] == pytest.approx(1.0) and report["ami"] == pytest.approx(1.0)
+
+
+# R-precision on LINE_X / LINE_Y: R = 2; the first two flags per item (see MAP_AT_R above) are
+# 1 0, 1 0, 0 0, 0 1, 1 0, 1 0 -> (1/2 + 1/2 + 0 + 1/2 + 1/2 + 1/2) / 6
+R_PRECISION = 5 / 12
+
+
+def test_r_precision_and_ami():
+    # Item 5: R-precision beside MAP@R, AMI of the same k-means clustering as NMI; both in the report.
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
+    assert M.r_precision(LINE_X, LINE_Y) == pytest.approx(R_PRECISION)
+    assert M.map_and_r_precision(LINE_X, LINE_Y) == pytest.approx((MAP_AT_R, R_PRECISION))
+    x, y = blobs(40, 4, 5, spread=12.0, seed=7)  # overlapping
+    clusters = KMeans(n_clusters=4, n_init=10, random_state=3).fit_predict(x)
+    nmi, ami = M.clustering_metrics(x, y, seed=3)
+    assert nmi == pytest.approx(normalized_mutual_info_score(y, clusters))
+    assert ami == pytest.approx(adjusted_mutual_info_score(y, clusters))
+    assert M.ami(x, y, seed=3) == ami and 0.0 < ami < nmi < 1.0
+    train_x, train_y = blobs(30, 3, 4, spread=1.0, seed=8)
+    test_x, test_y = blobs(5, 3, 4, spread=6.0, seed=9)
+    report = M.embedding_report(train_x, train_y, test_x, test_y, seed=0)
+    assert report["r_precision"] == pytest.approx(M.r_precision(test_x, test_y))
+    assert report["ami"] == pytest.approx(M.ami(test_x, test_y, seed=0))
+
+
+def test_macro_scores_average_over_the_whole_label_space():
+    # Item 6 (documentation; the behaviour is unchanged): macro P / R / F1, sgm_f1 and the report
+    # average over all num_classes classes, absent ones included, as scikit-learn with
+    # labels=range(num_classes); the docstrings say so.
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(24)
+    y_true = rng.integers(0, 6, 200)  # classes 6 and 7 absent from y_true
+    y_pred = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, 7, 200))  # 7 never predicted
+    p, r, f1, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=range(8),
+                                                      average="macro", zero_division=0)
+    report = M.classification_report(y_true, y_pred, 8)
+    macro = (report["macro_precision"], report["macro_recall"], report["macro_f1"])
+    assert macro == pytest.approx((p, r, f1))
+    assert report["sgm_f1"] == pytest.approx(2 * p * r / (p + r)) == M.sgm_f1(y_true, y_pred, 8)
+    for fn in (M.macro_precision_recall_f1, M.sgm_f1, M.classification_report):
+        doc = " ".join(fn.__doc__.split())
+        assert "all ``num_classes`` classes of the label space" in doc, fn.__name__
+
+
+@pytest.mark.parametrize("kind", ["random", "tied", "float64"])
+def test_cross_check_pytorch_metric_learning_with_lone_queries(kind):
+    # Items 3 and 5 against AccuracyCalculator: Precision@1 (= our Recall@1 = Acc@1), R-precision
+    # and MAP@R with a lone query in the set. PML casts embeddings to float32 and its own kNN
+    # orders ties arbitrarily, so it is handed the exact float64 neighbours (brute_knn) on the
+    # "tied" and "float64" inputs; on "random" it uses its own kNN.
+    pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning.distances import LpDistance
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    x, y = inputs(kind)
+
+    def exact_knn(query, k, reference, ref_includes_query):
+        assert ref_includes_query
+        idx = brute_knn(x, x, k, exclude_self=True)
+        dist = np.take_along_axis(((x[:, None, :] - x[None]) ** 2).sum(axis=2), idx, axis=1)
+        return torch.from_numpy(dist), torch.from_numpy(idx)
+
+    knn_func = CustomKNN(LpDistance(normalize_embeddings=False)) if kind == "random" else exact_knn
+    calc = AccuracyCalculator(
+        include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+        k="max_bin_count", device=torch.device("cpu"), knn_func=knn_func)
+    pml = calc.get_accuracy(torch.from_numpy(np.asarray(x, dtype=np.float32)), torch.from_numpy(y))
+    recall, acc = M.retrieval_metrics(x, y, ks=(1,))
+    map_r, r_prec = M.map_and_r_precision(x, y)
+    assert recall[1] == pytest.approx(pml["precision_at_1"], abs=1e-12) == acc[1]
+    assert r_prec == pytest.approx(pml["r_precision"], abs=1e-12)
+    assert map_r == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-12)
