@@ -548,14 +548,12 @@ def knn_accuracy(train_emb: np.ndarray, train_labels: Sequence[int], test_emb: n
     return float(np.mean(pred == y))
 
 
-def clustering_metrics(embeddings: np.ndarray, labels: Sequence[int],
-                       num_classes: int | None = None, seed: int = 0,
+def clustering_metrics(embeddings: np.ndarray, labels: Sequence[int], seed: int = 0,
                        n_init: int = 10) -> tuple[float, float]:
     """(NMI, AMI) between the labels and one k-means clustering of the embeddings.
 
     k = the number of distinct labels, so a class of the label space that is absent from
-    ``labels`` gets no cluster; ``num_classes`` is accepted for existing callers and ignored
-    (before issue #19 it set k). scikit-learn ``KMeans`` (k-means++, ``n_init`` restarts,
+    ``labels`` gets no cluster (before issue #19 k was the size of the label space). scikit-learn ``KMeans`` (k-means++, ``n_init`` restarts,
     ``random_state=seed``); NMI is ``normalized_mutual_info_score`` and AMI
     ``adjusted_mutual_info_score``, both with the arithmetic-mean normalisation.
     """
@@ -575,18 +573,16 @@ def clustering_metrics(embeddings: np.ndarray, labels: Sequence[int],
             float(adjusted_mutual_info_score(y, clusters, average_method="arithmetic")))
 
 
-def nmi(embeddings: np.ndarray, labels: Sequence[int], num_classes: int | None = None,
-        seed: int = 0, n_init: int = 10) -> float:
+def nmi(embeddings: np.ndarray, labels: Sequence[int], seed: int = 0, n_init: int = 10) -> float:
     """NMI of labels and k-means clusters, k = the number of distinct labels (see
     ``clustering_metrics``)."""
-    return clustering_metrics(embeddings, labels, num_classes, seed, n_init)[0]
+    return clustering_metrics(embeddings, labels, seed, n_init)[0]
 
 
-def ami(embeddings: np.ndarray, labels: Sequence[int], num_classes: int | None = None,
-        seed: int = 0, n_init: int = 10) -> float:
+def ami(embeddings: np.ndarray, labels: Sequence[int], seed: int = 0, n_init: int = 10) -> float:
     """AMI of labels and k-means clusters, k = the number of distinct labels (see
     ``clustering_metrics``)."""
-    return clustering_metrics(embeddings, labels, num_classes, seed, n_init)[1]
+    return clustering_metrics(embeddings, labels, seed, n_init)[1]
 
 
 def map_and_r_precision(embeddings: np.ndarray, labels: Sequence[int], chunk: int = 4096,
@@ -632,13 +628,12 @@ def r_precision(embeddings: np.ndarray, labels: Sequence[int], chunk: int = 4096
 
 
 def embedding_report(train_emb: np.ndarray, train_y: Sequence[int], test_emb: np.ndarray,
-                     test_y: Sequence[int], num_classes: int | None = None, seed: int = 0,
-                     ks: Sequence[int] = DEFAULT_KS, knn_k: int = 11) -> dict[str, float]:
+                     test_y: Sequence[int], seed: int = 0, ks: Sequence[int] = DEFAULT_KS, knn_k: int = 11) -> dict[str, float]:
     """Flat name -> value dict: recall@K, acc@K, knn_acc, nmi, ami, map@r, r_precision.
 
     K larger than N_test - 1 is left out; kNN uses min(knn_k, N_train) neighbours; nmi and ami
     share one k-means clustering with k = the number of classes present in ``test_y``
-    (``num_classes`` is accepted and ignored, see ``clustering_metrics``). The retrieval values
+    (``clustering_metrics``). The retrieval values
     leave lone test queries out and are NaN if every test class has a single item.
     """
     recall, acc = retrieval_metrics(test_emb, test_y, ks)
@@ -646,7 +641,7 @@ def embedding_report(train_emb: np.ndarray, train_y: Sequence[int], test_emb: np
     report.update({f"acc@{k}": v for k, v in acc.items()})
     k = min(knn_k, len(np.asarray(train_y)))
     report["knn_acc"] = knn_accuracy(train_emb, train_y, test_emb, test_y, k=k)
-    report["nmi"], report["ami"] = clustering_metrics(test_emb, test_y, num_classes, seed=seed)
+    report["nmi"], report["ami"] = clustering_metrics(test_emb, test_y, seed=seed)
     report["map@r"], report["r_precision"] = map_and_r_precision(test_emb, test_y)
     return report
 

@@ -254,7 +254,7 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    phases = PhaseClock()
+    phases, begun = PhaseClock(), time.monotonic()
     torch.manual_seed(spec.seed)  # the runner's entry: the one place global seeding happens
     train, val, test = load_splits(spec)
     info: dict[str, Any] = {"fingerprints": {"train": train.fingerprint, "test": test.fingerprint,
@@ -297,7 +297,7 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
     position = np.full(train.num_classes, -1)
     position[shared] = np.arange(len(shared))
     metrics = dict(M.classification_report(position[test.labels], position[pred], len(shared)))
-    metrics.update(M.embedding_report(train_emb, train.labels, test_emb, test.labels, len(shared), seed=spec.seed))
+    metrics.update(M.embedding_report(train_emb, train.labels, test_emb, test.labels, seed=spec.seed))
     metrics.update(circumplex_report(test_emb, test.labels, test.classes, seed=spec.seed))  # six basic only
     if test.label_dist is not None:
         metrics["kl_to_label_dist"] = M.kl_divergence(test.label_dist, proba)
@@ -326,6 +326,7 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
         artifacts.update({f"extra/{p.name}": f"extra/{p.name}" for p in sorted((workdir / "extra").iterdir())})
     phases.lap("write")
     info["phases"] = phases.laps
+    info["monotonic_span"] = [begun, time.monotonic()]  # one clock across this machine's processes
     return CellResult(spec.cell_id, "done", metrics, artifacts, info, time.perf_counter() - start, curve=curve)
 
 

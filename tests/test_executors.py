@@ -41,3 +41,14 @@ def test_executor_options_of_the_other_executor_and_bad_thread_counts_are_usage_
     proc = run("--jobs", "0")
     assert proc.returncode == 2 and "--jobs must be at least 1" in proc.stderr
     assert not (tmp_path / "r" / "results.sqlite").exists()
+
+
+def test_a_cell_in_the_local_executors_pool_renders_in_its_own_process():
+    """Pool workers are daemonic and may not start the renderer's process pool (the main job's cells failed so)."""
+    import multiprocessing
+
+    from fer_bench.data.synthetic import PARALLEL_MIN, resolve_workers
+    assert resolve_workers(0, 4 * PARALLEL_MIN) > 1 or multiprocessing.cpu_count() == 1
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(resolve_workers, (0, 4 * PARALLEL_MIN)) == 1
+        assert pool.apply(resolve_workers, (4, 4 * PARALLEL_MIN)) == 1

@@ -261,7 +261,7 @@ def test_nmi_matches_sklearn_and_separated_clusters():
 def test_embedding_report():
     train_x, train_y = blobs(30, 3, 4, spread=1.0, seed=8)
     test_x, test_y = blobs(5, 3, 4, spread=1.0, seed=9)  # N = 15: K = 16, 32 are skipped
-    report = M.embedding_report(train_x, train_y, test_x, test_y, num_classes=3, seed=0)
+    report = M.embedding_report(train_x, train_y, test_x, test_y, seed=0)
     assert set(report) == {"recall@1", "recall@2", "recall@4", "recall@8", "acc@1", "acc@2",
                            "acc@4", "acc@8", "knn_acc", "nmi", "ami", "map@r", "r_precision"}
     assert all(isinstance(v, float) for v in report.values())
@@ -499,11 +499,10 @@ def test_nmi_uses_the_classes_present():
     from sklearn.metrics import normalized_mutual_info_score
 
     x, y = blobs(40, 4, 5, spread=1.0, seed=23)
-    assert M.nmi(x, y, num_classes=5, seed=0) == pytest.approx(1.0)
-    assert M.nmi(x, y, num_classes=5, seed=0) == M.nmi(x, y, seed=0)
+    assert M.nmi(x, y, seed=0) == pytest.approx(1.0)
     five = KMeans(n_clusters=5, n_init=10, random_state=0).fit_predict(x)
     assert normalized_mutual_info_score(y, five) < 0.99  # what k = 5 gave
-    report = M.embedding_report(x, y, x, y, num_classes=5, seed=0)
+    report = M.embedding_report(x, y, x, y, seed=0)
     assert report["nmi"] == pytest.approx(1.0) and report["ami"] == pytest.approx(1.0)
 
 

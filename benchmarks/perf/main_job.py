@@ -6,8 +6,7 @@ write; wall and process-CPU seconds, recorded by the runner), and the script pri
 
 - the job's wall time and CPU time (all its processes), with the load average before and after;
 - per cell and phase: wall and CPU seconds; ``outside cells``: the job's wall time not spent inside a cell
-  (start-up, the store, summaries and plots; cells run in parallel, so it is the wall time minus the
-  longest chain of cells one worker ran);
+  (start-up, the store, summaries and plots: the wall time minus the union of the cells' intervals);
 - ``job / reference``: the job's wall time over a fixed hand-written workload measured in the same run (a
   small conv net trained for a fixed number of steps on one thread, before and after the job), so that a
   slower machine does not read as a regression.
@@ -68,18 +67,19 @@ def children_cpu() -> float:
 
 def cell_rows(store: Path) -> list[dict]:
     with sqlite3.connect(store) as db:
-        rows = db.execute("SELECT spec, status, seconds, info, started, finished FROM cells").fetchall()
+        rows = db.execute("SELECT spec, status, seconds, info FROM cells").fetchall()
     out = []
-    for spec, status, seconds, info, started, finished in rows:
+    for spec, status, seconds, info in rows:
         spec, info = json.loads(spec), json.loads(info or "{}")
         out.append({"method": spec["method"], "seed": spec["seed"], "status": status, "seconds": seconds or 0.0,
-                    "phases": info.get("phases", {}), "started": started, "finished": finished})
-    return sorted(out, key=lambda r: r["started"] or 0)
+                    "phases": info.get("phases", {}), "span": info.get("monotonic_span")})
+    return sorted(out, key=lambda r: r["span"] or [0.0])
 
 
-def longest_chain(rows: list[dict]) -> float:
-    """The wall time the cells kept the machine busy: the union of their [started, finished] intervals."""
-    spans = sorted((r["finished"] - r["seconds"], r["finished"]) for r in rows if r["finished"])
+def busy_time(rows: list[dict]) -> float:
+    """The wall time the cells kept the machine busy: the union of their [start, end] intervals (the runner's
+    ``time.monotonic`` readings, one clock for all processes of the machine)."""
+    spans = sorted(tuple(r["span"]) for r in rows if r["span"])
     total, end = 0.0, float("-inf")
     for a, b in spans:
         if b > end:
@@ -120,7 +120,7 @@ def main() -> None:
         cell_cpu = sum(v.get("cpu_seconds", 0.0) for v in r["phases"].values())
         print(f"{r['method'] + ' seed ' + str(r['seed']):<18}{r['seconds']:>8.1f}{cell_cpu:>8.0f}{phases}")
     print("(phase columns: wall seconds, CPU seconds in brackets)")
-    busy = longest_chain(rows)
+    busy = busy_time(rows)
     print(f"\njob wall {wall:.1f} s, CPU {cpu:.0f} s; cells busy {busy:.1f} s, outside cells {wall - busy:.1f} s")
     print(f"reference workload {reference:.2f} s (before {ref_before:.2f}, after {ref_after:.2f}); "
           f"job / reference {wall / reference:.1f}")

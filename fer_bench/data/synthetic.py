@@ -1617,7 +1617,12 @@ def _render_chunk(split: str, start: int, stop: int, options: dict[str, Any]) ->
 
 
 def resolve_workers(workers: int, n: int) -> int:
-    """Processes to use for ``n`` images: ``workers`` if set, else all cores for big splits, else 1."""
+    """Processes to use for ``n`` images: ``workers`` if set, else all cores for big splits, else 1; always 1
+    inside a daemonic process (a cell of the local executor's pool: the cores are busy with cells already,
+    and such a process may not start children)."""
+    import multiprocessing
+    if multiprocessing.current_process().daemon:
+        return 1
     if workers:
         return workers
     if n < PARALLEL_MIN:
