@@ -69,7 +69,7 @@ class CellSpec:
     test_dataset_options: dict = dataclasses.field(default_factory=dict)
     noise_matrix: dict | None = None       # asymmetric noise: {true emotion: {noisy emotion: weight}}
     budget: dict | None = None             # the run's training budget ({"epochs": N}), None: each profile's own
-    threads: int = 1                       # torch's CPU threads: the last bits of a CPU result depend on it
+    threads: int = DEFAULT_THREADS         # torch's CPU threads: the last bits of a CPU result depend on it
 
     @property
     def cell_id(self) -> str:
@@ -468,14 +468,36 @@ class LocalExecutor:
                 yield execute(spec, run_dir, self.progress)
             return
         context = multiprocessing.get_context("spawn")  # fork after torch has started threads can hang
-        pool = context.Pool(jobs, initializer=_worker_init, initargs=(self.plugins, logging.getLogger().level, os.getpid()),
+        pool = context.Pool(jobs, _worker_init, (self.plugins, logging.getLogger().level, os.getpid()),
                             maxtasksperchild=1)  # a fresh process per cell: no state leaks from one to the next
         try:
-            yield from pool.imap_unordered(_worker_execute, [(spec, str(run_dir)) for spec in specs])
+            yield from _schedule(pool, jobs, specs, run_dir)
             pool.close()
         finally:  # Ctrl-C, SIGTERM, a closed generator: no cell keeps training for a grid nobody reads
             pool.terminate()
             pool.join()
+
+
+def _schedule(pool: Any, jobs: int, specs: list[CellSpec], run_dir: Path) -> Iterator[CellResult]:
+    """At most ``jobs`` cells in flight, in grid order, and never two with the same training key at once: a
+    cross-dataset cell waits for its sibling, whose trained model it then tests instead of training again."""
+    waiting, running, keys = list(specs), {}, set()
+    while waiting or running:
+        for spec in list(waiting):
+            if len(running) >= jobs:
+                break
+            key = training_key(spec)
+            if key not in keys:
+                waiting.remove(spec)
+                keys.add(key)
+                running[pool.apply_async(_worker_execute, ((spec, str(run_dir)),))] = key
+        finished = [r for r in running if r.ready()]
+        if not finished:
+            time.sleep(0.05)
+            continue
+        for ready in finished:
+            keys.discard(running.pop(ready))
+            yield ready.get()
 
 
 def _ray_executor(**kwargs: Any) -> Executor:
