@@ -15,8 +15,18 @@ Target (issue #18): the job <= 300 s of wall time on a quiet 2-core machine.
 
     python benchmarks/perf/main_job.py [--methods qcs,sgm,sceald] [--profile quick] [-- extra fer-bench options]
 
-Recorded here (2-core development machine, CPU only, torch 2.14.1):
-    see the FIGURES block at the end of this docstring.
+Recorded on the 2-core development VM (AMD EPYC, no GPU, torch 2.14.1), 2026-12-03, load average 0.49
+before the run, nothing else running; local executor, two cells at a time, one torch thread each:
+
+    cell                wall s   cpu s   data s (cpu)   train s (cpu)   evaluate s (cpu)   write s
+    qcs seed 0           600.0     592     5.2 (5)      587.4 (580)        7.4 (8)          0.0
+    sgm seed 0           203.0     195     5.1 (1)      184.4 (182)       13.5 (12)         0.0
+    sceald seed 0        313.7     310     0.1 (0)      294.2 (290)       19.3 (19)         0.0
+    job wall 611.5 s, CPU 1120 s; outside cells 11.6 s; reference workload 1.60 s; job / reference 381.9
+
+The target is not met: the job is one QCS cell long (see issue #18's note). Before the parallel executor the
+same cells ran one after another (about 1,120 s here); before the equal budget of issue #16 the job was 418 s
+with far fewer QCS steps.
 """
 from __future__ import annotations
 
