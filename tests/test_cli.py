@@ -186,6 +186,7 @@ def test_kill_minus_9_then_the_same_command_resumes(tmp_path):
 
     again = fer_bench(*args[3:])
     assert "majority on" in again.stdout and "skip (done)" in again.stdout
+    assert "(resumed from its checkpoint at epoch" in again.stdout  # #19 item 7: said without -v
     with sqlite3.connect(out / "results.sqlite") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         info = json.loads(db.execute("SELECT info FROM cells WHERE json_extract(spec, '$.method')='baseline'").fetchone()[0])

@@ -189,6 +189,20 @@ def test_resumed_fit_keeps_its_curve_and_counts_every_attempt(toy, tmp_path):
     assert [p["val_accuracy"] for p in a["curve"]] == [p["val_accuracy"] for p in b["curve"]]
 
 
+def test_a_fit_resumed_from_its_final_checkpoint_reports_the_first_attempts_time(toy, tmp_path):
+    """#19 item 5: train_seconds was ~0.0001 s for a cell resumed from its final checkpoint."""
+    train, test = toy
+    first = Tiny(**BASE)
+    first.workdir = str(tmp_path / "cell")
+    first.fit(train, test)
+    again = Tiny(**BASE)
+    again.workdir = str(tmp_path / "cell")
+    again.fit(train, test)
+    assert again.train_info_["resumed_from_epoch"] == BASE["epochs"]
+    for key in ("train_seconds", "train_cpu_seconds"):
+        assert again.train_info_[key] == first.train_info_[key] > 0, key
+
+
 def test_same_seed_same_weights_different_seed_different(toy):
     train, _ = toy
     a, b, c = Tiny(**BASE).fit(train), Tiny(**BASE).fit(train), Tiny(**BASE, seed=1).fit(train)
