@@ -4,7 +4,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +116,16 @@ def test_interrupted_cells_are_named_in_the_summary_and_the_store_is_one_file_af
     proc = fer_bench("plot", str(out))
     assert "1 cell(s) were interrupted" in proc.stdout
     assert "1 cell(s) were interrupted" in (out / "summary.md").read_text()
+
+
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Root (as in these tests' containers) may write anywhere, so the permission is simulated."""
+    from fer_bench.method import ParameterError
+    from fer_bench.runner import check_run_dir
+    locked = tmp_path / "readonly"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == locked else real_access(path, mode))
+    with pytest.raises(ParameterError, match=f"--out {locked / 'run'}: {locked} is not writable"):
+        check_run_dir(locked / "run")
+    assert check_run_dir(tmp_path / "elsewhere" / "run") == tmp_path / "elsewhere" / "run"
