@@ -222,8 +222,11 @@ def test_ctrl_c_or_sigterm_cancels_the_outstanding_cells(tmp_path, loopback_clus
     plugin.write_text(SLEEPY_PLUGIN.replace("time.sleep(6)", "time.sleep(60)"))
     out = tmp_path / "run"
     address, env = loopback_cluster
+    # as a foreground process in a terminal: a test run started in the background (a non-interactive shell's
+    # `cmd &`, some CI runners) has SIGINT ignored, which the child would inherit and Ctrl-C would not reach it
     proc = subprocess.Popen(_run_args(out, plugin, address, seeds="0", methods="sleepy"), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         logs = _wait_for(lambda: list(out.glob(f"{CELLS_DIR}/*/{ATTEMPTS_FILE}")), proc, "the cell to start")
         time.sleep(1)
