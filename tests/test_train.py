@@ -168,19 +168,22 @@ def test_sam_counts_both_passes_as_forward_images(toy):
     assert info["train_forward_images"] == 2 * info["train_anchor_images"] == 2 * len(train)
 
 
+def _fitted_in(workdir, train, val) -> Tiny:
+    """A Tiny of the BASE configuration fitted with its checkpoints in ``workdir`` (resuming what is there)."""
+    method = Tiny(**BASE)
+    method.workdir = str(workdir)
+    return method.fit(train, val)
+
+
 def test_resumed_fit_keeps_its_curve_and_counts_every_attempt(toy, tmp_path):
     train, test = toy
-    full = Tiny(**BASE)
-    full.workdir = str(tmp_path / "full")
-    full.fit(train, test)
+    full = _fitted_in(tmp_path / "full", train, test)
     interrupted = Tiny(**BASE)
     interrupted.stop_after_epoch = 1
     interrupted.workdir = str(tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(train, test)
-    resumed = Tiny(**BASE)
-    resumed.workdir = str(tmp_path / "resumed")
-    resumed.fit(train, test)
+    resumed = _fitted_in(tmp_path / "resumed", train, test)
     a, b = full.train_info_, resumed.train_info_
     assert b["resumed_from_epoch"] == 1                          # epoch 1 was interrupted before its checkpoint
     for key in ("train_steps", "train_anchor_images", "train_forward_images"):
@@ -192,12 +195,8 @@ def test_resumed_fit_keeps_its_curve_and_counts_every_attempt(toy, tmp_path):
 def test_a_fit_resumed_from_its_final_checkpoint_reports_the_first_attempts_time(toy, tmp_path):
     """#19 item 5: train_seconds was ~0.0001 s for a cell resumed from its final checkpoint."""
     train, test = toy
-    first = Tiny(**BASE)
-    first.workdir = str(tmp_path / "cell")
-    first.fit(train, test)
-    again = Tiny(**BASE)
-    again.workdir = str(tmp_path / "cell")
-    again.fit(train, test)
+    first = _fitted_in(tmp_path / "cell", train, test)
+    again = _fitted_in(tmp_path / "cell", train, test)
     assert again.train_info_["resumed_from_epoch"] == BASE["epochs"]
     for key in ("train_seconds", "train_cpu_seconds"):
         assert again.train_info_[key] == first.train_info_[key] > 0, key
