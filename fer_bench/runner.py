@@ -550,9 +550,8 @@ def check_run_dir(run_dir: str | Path, option: str = "--out") -> Path:
     if not existing.is_dir():
         where = "is a file" if existing == run_dir else f"is under {existing}, which is a file"
         raise ParameterError(f"{option} {run_dir} {where}, not a folder; pass a folder (it is created if missing).")
-    writable = [existing] + ([existing / STORE_NAME] if (existing / STORE_NAME).exists() and existing == run_dir else [])
-    for path in writable:
-        if not os.access(path, os.W_OK):
+    for path in (existing, run_dir / STORE_NAME):
+        if path.exists() and not os.access(path, os.W_OK):
             raise ParameterError(f"{option} {run_dir}: {path} is not writable; choose a folder you can write "
                                  f"(finished cells of a read-only run directory can be reused with --reuse).")
     return run_dir
@@ -613,32 +612,29 @@ def run_grid(specs: list[CellSpec], run_dir: str | Path, executor: Executor, ret
     outcome: dict[str, list[str]] = {"done": [], "failed": [], "imported": [], "skipped": [], "failed_before": []}
     with run_dir_lock(run_dir), Store(run_dir / STORE_NAME) as store:
         imported = import_finished_cells(specs, store, run_dir, list(reuse))
-        pending = []
+        pending: dict[str, CellSpec] = {}  # by cell id, in grid order (a grid may name a cell twice)
         for spec in specs:
             status = store.status(spec.cell_id)
-            missing = missing_artifacts(store, spec.cell_id, run_dir) if need_artifacts and status == "done" else []
             if spec.cell_id in imported:
                 outcome["imported"].append(spec.cell_id)
                 if on_event:
                     on_event(f"import (from {imported[spec.cell_id]})", spec, None)
-            elif missing:
+            elif status == "done" and need_artifacts and (missing := missing_artifacts(store, spec.cell_id, run_dir)):
                 if on_event:
                     on_event(f"run again ({missing[0]} is missing)", spec, None)
-                if spec.cell_id not in {p.cell_id for p in pending}:
-                    pending.append(spec)
+                pending.setdefault(spec.cell_id, spec)
             elif status == "done" or (status == "failed" and not retry_failed):
                 outcome["skipped"].append(spec.cell_id)
                 if status == "failed":
                     outcome["failed_before"].append(spec.cell_id)
                 if on_event:
                     on_event(f"skip ({status})", spec, None)
-            elif spec.cell_id not in {p.cell_id for p in pending}:
-                pending.append(spec)
-        by_id = {s.cell_id: s for s in pending}
-        for spec in pending:
+            else:
+                pending.setdefault(spec.cell_id, spec)
+        for spec in pending.values():
             store.mark_running(spec.cell_id, spec.to_json())
-        for result in executor.map(pending, run_dir):
-            spec = by_id[result.cell_id]
+        for result in executor.map(list(pending.values()), run_dir):
+            spec = pending[result.cell_id]
             if result.status == "done":
                 store.record_done(result.cell_id, spec.to_json(), result.metrics, result.artifacts, result.seconds,
                                   result.info, curve=result.curve)

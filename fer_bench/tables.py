@@ -46,10 +46,11 @@ def summarize(long: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def format_mean_std(mean: float, std: float, n: int, scale: float = 1.0, digits: int = 2) -> str:
+def format_mean_std(mean: float, std: float, n: int | None, scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std (n=N)``, scaled; without the ``(n=N)`` when ``n`` is None."""
     if not np.isfinite(mean):
         return "nan"
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f} (n={n})"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" + (f" (n={n})" if n is not None else "")
 
 
 def summary_markdown(summary: pd.DataFrame, failures: list[dict[str, Any]]) -> str:
@@ -93,11 +94,11 @@ def terminal_summary(summary: pd.DataFrame, failures: list[dict[str, Any]], full
     noise = any(k[2] for k in keys)
     settings = any(k[4] for k in keys)
 
-    def cell(key: tuple, metric: str, scale: float, digits: int) -> str:
+    def cell(key: tuple, metric: str) -> str:
         if (*key, metric) not in stats.index:
             return ""
         row = stats.loc[(*key, metric)]
-        return f"{row['mean'] * scale:.{digits}f} ± {row['std'] * scale:.{digits}f}" if np.isfinite(row["mean"]) else "nan"
+        return format_mean_std(row["mean"], row["std"], None, scale=100.0, digits=1)
 
     def clip(text: str, width: int) -> str:
         return text if len(text) <= width else text[:width - 1] + "…"
@@ -108,7 +109,7 @@ def terminal_summary(summary: pd.DataFrame, failures: list[dict[str, Any]], full
         minutes = f"{stats.loc[(*key, 'train_seconds'), 'mean'] / 60:.1f}" if (*key, "train_seconds") in stats.index else ""
         rows.append([clip(key[0], 14), clip(key[1], 20)] + ([f"{key[2]:g}"] if noise else [])
                     + ([clip(str(key[4]), 12)] if settings else [])
-                    + [cell(key, "accuracy", 100, 1), cell(key, "mean_class_accuracy", 100, 1), minutes, n])
+                    + [cell(key, "accuracy"), cell(key, "mean_class_accuracy"), minutes, n])
     headers = (["method", "dataset"] + (["noise"] if noise else []) + (["set"] if settings else [])
                + ["acc %", "mca %", "train min", "n"])
     lines = [tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True), "",
