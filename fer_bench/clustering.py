@@ -418,7 +418,10 @@ class EmbedSettings:
 
     def key_fields(self) -> dict[str, Any]:
         pre = self.pretrained
-        if pre is not None and pre.lower() != "imagenet" and Path(pre).is_file():
+        if pre is not None and pre.lower() == "synthetic-faces":       # the shipped file's hash: new weights, new key
+            from fer_bench.models.pretrained import record_of
+            pre = f"{pre}:{record_of(pre, self.backbone)['sha256']}"
+        elif pre is not None and pre.lower() != "imagenet" and Path(pre).is_file():
             st = Path(pre).stat()
             pre = f"{pre}:{st.st_size}:{int(st.st_mtime)}"
         return {"backbone": self.backbone, "pretrained": pre if pre is not None else f"random-init:{EMBEDDER_INIT_SEED}",

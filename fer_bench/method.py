@@ -19,7 +19,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from torch import nn
 import fer_bench
 from fer_bench.data import FERDataset, stratified_holdout
 from fer_bench.models import IMAGENET_MEAN, IMAGENET_STD
+from fer_bench.models.pretrained import check_pretrained, weights_records
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ PROFILES = ("test", "quick", "paper")
 # QUICK_BATCH anchors per step. ``--budget epochs=N`` changes the first for every method of a run.
 QUICK_EPOCHS = 10
 QUICK_BATCH = 128
+# The quick profile's initialisation, the same for every method (#17): fer-bench's face-pretrained trunks
+# (``fer_bench.models.pretrained``; identity classification of synthetic faces, no expression information),
+# the analogue of the MS-Celeb / ImageNet weights every seed paper starts from. ``--set '*.pretrained=none'``
+# gives the scratch regime.
+QUICK_INIT = "synthetic-faces"
 
 
 class NotFittedError(RuntimeError):
@@ -47,6 +53,10 @@ class NotFittedError(RuntimeError):
 
 class ParameterError(ValueError):
     """A bad parameter value or name (a usage error: the CLI exits with code 2)."""
+
+
+class InvalidValue(ValueError):
+    """Raised by ``Param.check`` when its ``validate`` function refuses a value (the message says why)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -69,6 +79,7 @@ class Param:
     choices: tuple | None = None
     none_ok: bool = False
     doc: str = ""
+    validate: Callable[[Any], None] | None = None   # a further check of the coerced value; raises ValueError(why)
 
     def describe(self) -> str:
         if self.choices is not None:
@@ -118,6 +129,11 @@ class Param:
                 raise ValueError
             if self.high is not None and (value > self.high or (value == self.high and self.closed in ("left", "neither"))):
                 raise ValueError
+        if self.validate is not None:
+            try:
+                self.validate(value)
+            except ValueError as exc:
+                raise InvalidValue(str(exc)) from None
         return value
 
 
@@ -193,6 +209,8 @@ class Method:
             value = params.get(name, spec.default)
             try:
                 value = spec.check(value)
+            except InvalidValue as exc:                                  # a validator said why
+                raise ParameterError(f"The {name!r} parameter of {self.display_name()}: {exc}") from None
             except (ValueError, TypeError):
                 raise ParameterError(f"The {name!r} parameter of {self.display_name()} must be {spec.describe()}. "
                                      f"Got {value!r} instead.") from None
@@ -278,6 +296,11 @@ class Method:
         (written under ``out_dir``). Default: none. ``train.meta['clean_labels']`` holds the clean
         labels when the runner injected label noise."""
         return {}
+
+    def weights_used(self) -> list[dict[str, str]]:
+        """The pretrained weights the fitted method started from: ``{"name", "trunk", "sha256"}`` per part
+        (recorded in each cell's info and the run manifest). Default: none."""
+        return []
 
     def _get_state(self) -> dict[str, Any]:
         """Fitted state as a dict of tensors / numbers / lists (saved with weights_only=True)."""
@@ -386,7 +409,9 @@ class TorchMethod(Method):
 
     params: ClassVar[dict[str, Param]] = {
         "backbone": Param("smallcnn", str, doc="backbone name (fer_bench.models.BACKBONES)"),
-        "pretrained": Param(None, str, none_ok=True, doc="None, 'imagenet' or a path to a state_dict file"),
+        "pretrained": Param(None, str, none_ok=True, validate=check_pretrained,
+                            doc="None (random init), 'synthetic-faces' (fer-bench's face-pretrained trunks), "
+                                "'imagenet' or a path to a state_dict file"),
         "image_size": Param(48, int, low=8, high=512),
         "epochs": Param(10, int, low=1),
         "batch_size": Param(128, int, low=1),
@@ -470,6 +495,9 @@ class TorchMethod(Method):
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         """Restore what ``training_state`` returned, when resuming from a checkpoint."""
+
+    def weights_used(self) -> list[dict[str, str]]:
+        return weights_records(getattr(self, "model_", None))
 
     def frozen_parameters(self) -> set[str]:
         """Names (as in ``model_.named_parameters()``) of parameters meant to get no gradient in training."""

@@ -10,7 +10,8 @@ Where things live:
 - Datasets: workers load them through the same adapters and decode cache, so ``--data-root`` (or
   ``$FER_BENCH_DATA``) must name a folder every node can see at the same path (a shared filesystem, or a
   copy at the same path on each node). A worker that cannot see it fails that cell at once with a message
-  that says so. ``$FER_BENCH_DATA`` and ``$FER_BENCH_CACHE`` of the driver are passed to the workers.
+  that says so. ``$FER_BENCH_DATA``, ``$FER_BENCH_CACHE`` and ``$FER_BENCH_WEIGHTS`` of the driver are passed
+  to the workers.
 - Artifacts: when a worker sees the run directory (a shared filesystem; the driver leaves a token file
   there and the worker checks it), it writes the cell folder in place, checkpoints included, so a retried
   cell resumes from its last epoch. When it does not (``--ray-address`` of a cluster with no shared
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_FILE = ".fer_bench_ray_token"
 ATTEMPTS_FILE = "attempts.jsonl"
-FORWARDED_ENV = ("FER_BENCH_DATA", "FER_BENCH_CACHE")
+FORWARDED_ENV = ("FER_BENCH_DATA", "FER_BENCH_CACHE", "FER_BENCH_WEIGHTS")
 
 
 def import_ray() -> Any:

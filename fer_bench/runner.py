@@ -84,6 +84,10 @@ class CellSpec:
             payload.pop("budget")
         if self.threads == DEFAULT_THREADS:  # cells at the default keep the ids they had before it was recorded
             payload.pop("threads")
+        if self.params.get("pretrained") is None and "pretrained" in self.overrides:
+            # a cell from random init keeps the id it had before the quick profiles started from pretrained
+            # trunks (#17), when random init needed no override: the resolved parameters are the same
+            payload["overrides"] = {k: v for k, v in self.overrides.items() if k != "pretrained"}
         payload["params"] = {k: v for k, v in self.params.items() if k != "device"}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -97,7 +101,10 @@ class CellSpec:
 
     @property
     def overrides_label(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in sorted(self.overrides.items()))
+        """``k=v,...`` of the ``--set`` values; random init is not named (as in the id: see ``cell_id``), the
+        ``init`` column of the tables shows every cell's initialisation."""
+        scratch = self.params.get("pretrained") is None
+        return ",".join(f"{k}={v}" for k, v in sorted(self.overrides.items()) if not (scratch and k == "pretrained"))
 
     def to_json(self) -> str:
         payload = dataclasses.asdict(self)
@@ -143,12 +150,18 @@ def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label
     budget = parse_budget(budget)
     if budget and "epochs" in overrides.get("*", {}):
         raise ParameterError("--budget and --set '*.epochs' both set every method's epochs; keep one of them.")
+    everyone = overrides.get("*", {})
+    declared = set().union(*(get_method(m).params for m in methods)) if methods else set()
+    nowhere = sorted(set(everyone) - declared)
+    if nowhere:
+        raise ParameterError(f"--set '*.{nowhere[0]}': no method of this run has a parameter {nowhere[0]!r}.")
     cells = []
     tests = [_resolved(t) if t is not None else (None, {}) for t in (test_datasets or [None])]
     for method_name, dataset_spec, (test_name, test_options) in itertools.product(methods, datasets, tests):
         cls = get_method(method_name)
         name, resolved_options = _resolved(dataset_spec)
-        given = {**overrides.get("*", {}), **overrides.get(method_name, {})}
+        # '*' sets a parameter of every method that declares it (e.g. '*.pretrained=none' passes over majority)
+        given = {**{k: v for k, v in everyone.items() if k in cls.params}, **overrides.get(method_name, {})}
         budgeted = {k: v for k, v in (budget or {}).items() if k in cls.params and k not in given}
         unknown = sorted(set(given) - set(cls.params))
         if unknown:
@@ -311,7 +324,7 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
         metrics.update(floor_metrics(train.labels, val.labels, curve[-1]["val_accuracy"]))
     info.update(selection=getattr(method, "selection_", "n/a"), selection_rule=getattr(method, "selection_rule_", "n/a"),
                 history=train_info.get("history", []), resumed_from_epoch=train_info.get("resumed_from_epoch", 0),
-                device=str(getattr(method, "device_", "cpu")), classes=list(train.classes),
+                device=str(getattr(method, "device_", "cpu")), classes=list(train.classes), weights=method.weights_used(),
                 torch_threads=torch.get_num_threads())  # CPU results differ in the last bits across thread counts
     phases.lap("evaluate")
 

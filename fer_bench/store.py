@@ -56,6 +56,13 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
         return db
     except sqlite3.OperationalError:
         return sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True, isolation_level=None)
+def init_label(spec: dict[str, Any]) -> str:
+    """A cell's initial weights as tables show them: the method's ``pretrained`` value, "scratch" for random
+    init (and for methods with no network)."""
+    value = spec.get("params", {}).get("pretrained")
+    return "scratch" if value is None else str(value)
+
+
 CURVE_FIELDS = ("step", "epoch", "anchor_images", "train_loss", "val_accuracy", "val_mean_class_accuracy", "val_score")
 
 
@@ -218,8 +225,8 @@ class Store:
             for point in self.curve(cell["id"]):
                 rows.append({"cell_id": cell["id"], "method": spec["method"], "dataset": spec["dataset_label"],
                              "seed": spec["seed"], "label_noise": spec["label_noise"],
-                             "overrides": spec["overrides_label"], **point})
-        return pd.DataFrame(rows, columns=["cell_id", "method", "dataset", "seed", "label_noise", "overrides",
+                             "overrides": spec["overrides_label"], "init": init_label(spec), **point})
+        return pd.DataFrame(rows, columns=["cell_id", "method", "dataset", "seed", "label_noise", "overrides", "init",
                                            *CURVE_FIELDS])
 
     def metrics_frame(self, ids: list[str] | None = None) -> pd.DataFrame:
@@ -231,10 +238,10 @@ class Store:
             spec = cell["spec"]
             coords = {"cell_id": cell["id"], "method": spec["method"], "dataset": spec["dataset_label"],
                       "seed": spec["seed"], "label_noise": spec["label_noise"], "profile": spec["profile"],
-                      "overrides": spec["overrides_label"]}
+                      "overrides": spec["overrides_label"], "init": init_label(spec)}
             for name, value in self.metrics(cell["id"]).items():
                 rows.append({**coords, "metric": name, "value": value})
-        columns = ["cell_id", "method", "dataset", "seed", "label_noise", "profile", "overrides", "metric", "value"]
+        columns = ["cell_id", "method", "dataset", "seed", "label_noise", "profile", "overrides", "init", "metric", "value"]
         return pd.DataFrame(rows, columns=columns)
 
     def integrity_ok(self) -> bool:

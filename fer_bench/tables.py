@@ -29,7 +29,7 @@ from fer_bench.store import STORE_NAME, Store
 
 log = logging.getLogger(__name__)
 
-GROUP = ["method", "dataset", "label_noise", "profile", "overrides"]
+GROUP = ["method", "dataset", "label_noise", "profile", "overrides", "init"]   # init: the initial weights (store.init_label)
 HEADLINE = ["accuracy", "mean_class_accuracy", "macro_f1", "knn_acc", "nmi", "recall@1", "map@r",
             "kl_to_label_dist", "circumplex_tau", "train_steps", "train_anchor_images", "train_seconds",
             "train_cpu_seconds", "params"]
@@ -84,15 +84,19 @@ def summary_markdown(summary: pd.DataFrame, failures: list[dict[str, Any]]) -> s
 
 
 def terminal_summary(summary: pd.DataFrame, failures: list[dict[str, Any]], full: Path) -> str:
-    """The end-of-run table for a terminal (within 100 columns): method, dataset, accuracy and mean class
-    accuracy (mean ± std over seeds, %), train minutes per cell and n seeds; label noise and ``--set`` values
-    as columns only when the run has them. The full table is ``full`` (summary.md)."""
+    """The end-of-run table for a terminal (within 100 columns): method, accuracy and mean class accuracy
+    (mean ± std over seeds, %), train minutes per cell and n seeds; dataset, label noise, ``--set`` values and
+    initialisation as columns only when the run has several (one dataset is named under the table). The full
+    table is ``full`` (summary.md)."""
     if summary.empty:
         return f"no finished cells; see {full}\n" if failures else ""
     stats = summary.set_index(GROUP + ["metric"])
     keys = sorted({tuple(r[g] for g in GROUP) for _, r in summary.iterrows()}, key=str)
     noise = any(k[2] for k in keys)
     settings = any(k[4] for k in keys)
+    inits = len({k[5] for k in keys}) > 1
+    datasets = sorted({k[1] for k in keys})
+    several = len(datasets) > 1            # one dataset: named under the table, its column gives way
 
     def cell(key: tuple, metric: str) -> str:
         if (*key, metric) not in stats.index:
@@ -103,16 +107,29 @@ def terminal_summary(summary: pd.DataFrame, failures: list[dict[str, Any]], full
     def clip(text: str, width: int) -> str:
         return text if len(text) <= width else text[:width - 1] + "…"
 
-    rows = []
-    for key in keys:
-        n = int(stats.loc[(*key, "accuracy"), "n"]) if (*key, "accuracy") in stats.index else 0
-        minutes = f"{stats.loc[(*key, 'train_seconds'), 'mean'] / 60:.1f}" if (*key, "train_seconds") in stats.index else ""
-        rows.append([clip(key[0], 14), clip(key[1], 20)] + ([f"{key[2]:g}"] if noise else [])
-                    + ([clip(str(key[4]), 12)] if settings else [])
-                    + [cell(key, "accuracy"), cell(key, "mean_class_accuracy"), minutes, n])
-    headers = (["method", "dataset"] + (["noise"] if noise else []) + (["set"] if settings else [])
-               + ["acc %", "mca %", "train min", "n"])
-    lines = [tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True), "",
+    # text columns shown and their widths, narrowed (widest first) until the table fits 100 columns
+    width = {"method": 14, "dataset": 20 if several else 0, "set": 12 if settings else 0, "init": 15 if inits else 0}
+    headers = (["method"] + (["dataset"] if several else []) + (["noise"] if noise else []) + (["set"] if settings else [])
+               + (["init"] if inits else []) + ["acc %", "mca %", "train min", "n"])
+
+    def render() -> str:
+        rows = []
+        for key in keys:
+            n = int(stats.loc[(*key, "accuracy"), "n"]) if (*key, "accuracy") in stats.index else 0
+            minutes = (f"{stats.loc[(*key, 'train_seconds'), 'mean'] / 60:.1f}" if (*key, "train_seconds") in stats.index
+                       else "")
+            rows.append([clip(key[0], width["method"])] + ([clip(key[1], width["dataset"])] if several else [])
+                        + ([f"{key[2]:g}"] if noise else []) + ([clip(str(key[4]), width["set"])] if settings else [])
+                        + ([clip(str(key[5]), width["init"])] if inits else [])
+                        + [cell(key, "accuracy"), cell(key, "mean_class_accuracy"), minutes, n])
+        return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+    table = render()
+    while max(map(len, table.splitlines())) > 100 and max(width.values()) > 6:
+        width[max(width, key=width.get)] -= 1
+        table = render()
+    lines = [table, "",
+             *([] if several else [clip(f"dataset: {datasets[0]}", 100)]),
              "acc: test accuracy, mca: mean class accuracy (mean ± std over n seeds); train min: per cell",
              f"full table: {full}"]
     if failures:
@@ -175,6 +192,7 @@ def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = Fal
         {"cell_id": c["id"], "status": c["status"], "spec": c["spec"],
          "fingerprints": c["info"].get("fingerprints"), "selection": c["info"].get("selection"),
          "selection_rule": c["info"].get("selection_rule"), "noisy_labels_hash": c["info"].get("noisy_labels_hash"),
+         "weights": c["info"].get("weights"),
          "device": c["info"].get("device"), "host": c["host"], "seconds": c["seconds"]} for c in cells]}
     _atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str))
     write_run_plots(run_dir, cells, artifacts, long, tsne)
@@ -189,10 +207,12 @@ def write_curve_plots(plots: Path, curves: pd.DataFrame, long: pd.DataFrame) -> 
     written = []
     # a cross-dataset cell's curve is its training on the training dataset: one figure per training dataset
     curves = curves.assign(dataset=curves["dataset"].str.split(" -> ").str[0])
-    curves = curves.drop_duplicates(["method", "overrides", "label_noise", "dataset", "seed", "step"])
+    curves = curves.drop_duplicates(["method", "overrides", "init", "label_noise", "dataset", "seed", "step"])
     for dataset, part in curves.groupby("dataset"):
-        part = part.assign(label=[m + (f" {o}" if o else "") + (f" noise {n:g}" if n else "")
-                                  for m, o, n in zip(part["method"], part["overrides"], part["label_noise"])])
+        several = part["init"].nunique() > 1                       # name the initialisation when a figure has two
+        part = part.assign(label=[m + (f" {o}" if o else "") + (f" [{i}]" if several else "") + (f" noise {n:g}" if n else "")
+                                  for m, o, i, n in zip(part["method"], part["overrides"], part["init"],
+                                                        part["label_noise"])])
         floors = long[(long["dataset"] == dataset) & (long["metric"] == "val_floor_accuracy")]["value"]
         plots.mkdir(parents=True, exist_ok=True)
         written.append(P.plot_learning_curves(part, plots / f"curves_{_slug(dataset)}.png", title=f"{dataset}: learning curves",
@@ -339,10 +359,11 @@ def _noise_matrix(value: Any) -> dict | None:
 
 def paper_table(table: dict[str, Any], long: pd.DataFrame) -> pd.DataFrame:
     """published | ours (mean +- std, n) | delta, one row per grid point of the table."""
-    metric, scale = table["metric"], float(table.get("scale", 100.0))
+    metrics, scale = table["metric"], float(table.get("scale", 100.0))
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)   # several: put "metric" in the rows
     rows_by = table.get("rows", ["method", "dataset"])
     rows_by = [rows_by] if isinstance(rows_by, str) else list(rows_by)
-    part = long[long["metric"] == metric]
+    part = long[long["metric"].isin(metrics)]
     ours = part.groupby(rows_by, dropna=False)["value"].agg(
         mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, n="count").reset_index()
     published = pd.DataFrame(table.get("published") or [], columns=[*rows_by, "value", "source"])
@@ -397,7 +418,8 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
             _atomic_write(csv_path, frame.to_csv(index=False, float_format="%.4f"))
             shown = frame.drop(columns=["ours_mean", "ours_std", "n"])
             shown = shown.astype(object).where(shown.notna(), None)  # no published number: "—", not "nan"
-            title = f"## {table.get('title', table['name'])}\n\nMetric: {table['metric']} (x{table.get('scale', 100)})\n\n"
+            metric = table["metric"] if isinstance(table["metric"], str) else ", ".join(table["metric"])
+            title = f"## {table.get('title', table['name'])}\n\nMetric: {metric} (x{table.get('scale', 100)})\n\n"
             notes = f"\n{table['notes'].strip()}\n" if table.get("notes") else ""
             _atomic_write(csv_path.with_suffix(".md"),
                           title + tabulate(shown, headers="keys", tablefmt="github", showindex=False,

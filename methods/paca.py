@@ -59,7 +59,8 @@ from torch import nn
 
 from fer_bench import clustering as PC
 from fer_bench.data import FERDataset
-from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, Param, ParameterError, TorchMethod
+from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, ParameterError, TorchMethod
+from fer_bench.models.pretrained import SYNTHETIC_FACES, load_trunk, record_of
 from fer_bench.registry import register_method
 
 log = logging.getLogger(__name__)
@@ -327,7 +328,7 @@ class PaCa(TorchMethod):
         "quick": {"backbone": "smallcnn_tiny", "image_size": 96, "patch_size": 16, "patch_embed": "conv", "dim": 64,
                   "heads": 4,
                   "epochs": QUICK_EPOCHS, "batch_size": QUICK_BATCH, "lr": 1e-3, "dropout": 0.1,
-                  "cluster_workers": 2},
+                  "cluster_workers": 2, "pretrained": QUICK_INIT},
         # The study: Adam 1e-3, cross-entropy, depth 6, 30 epochs, ResNet-50 (ImageNet) patch embeddings,
         # 96 px / 16 px patches. Width 384 and 6 heads (notes 3.4 item 5), batch 128: our choice.
         "paper": {"backbone": "resnet50", "pretrained": "imagenet", "image_size": 96, "patch_size": 16, "dim": 384,
@@ -423,9 +424,21 @@ class PaCa(TorchMethod):
 
     def build(self, num_classes: int) -> nn.Module:
         self._check_settings()
-        return PaCaViT(num_classes, self.image_size, self.patch_size, self.dim, self.depth, self.heads, self.mlp_ratio,
-                       self.dropout, self._mode(), self.clusters, self._static_dim(), self.cluster_norm,
-                       self.learned_head, self.readout, self.patch_embed)
+        net = PaCaViT(num_classes, self.image_size, self.patch_size, self.dim, self.depth, self.heads, self.mlp_ratio,
+                      self.dropout, self._mode(), self.clusters, self._static_dim(), self.cluster_norm,
+                      self.learned_head, self.readout, self.patch_embed)
+        if self.patch_embed == "conv" and self.pretrained is not None and self.pretrained.lower() == SYNTHETIC_FACES:
+            load_trunk(net.patch_embed, SYNTHETIC_FACES, self._stem_key())
+        return net
+
+    def _stem_key(self) -> str:
+        return f"paca_convstem_p{self.patch_size}_d{self.dim}"
+
+    def weights_used(self) -> list[dict[str, str]]:
+        """The ViT's stem (``synthetic-faces`` only) and the frozen patch-embedding network (any ``pretrained``)."""
+        used = super().weights_used()
+        embedder = record_of(self.pretrained, self.backbone) if self.clustering in EXTERNAL else None
+        return used + ([embedder] if embedder and embedder not in used else [])
 
     def make_batch(self, index: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         batch = super().make_batch(index, generator)

@@ -27,7 +27,7 @@ from torch import nn
 
 import fer_bench.models.qcs_blocks as QB
 from fer_bench.data import FERDataset
-from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, Param, ParameterError, TorchMethod
+from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, ParameterError, TorchMethod
 from fer_bench.models import build_backbone
 from fer_bench.registry import register_method
 from fer_bench.train import CHECKPOINT
@@ -245,12 +245,14 @@ class _CrossSimilarity(TorchMethod):
 # forward passes. SAM (the paper's optimizer, for flat minima over 100-200 epochs) stays in the paper profile.
 QUICK = {"backbone": "qcs_small", "image_size": 48, "embed_dim": 64, "heads": 4, "epochs": QUICK_EPOCHS,
          "batch_size": QUICK_BATCH, "optimizer": "adam",
-         "lr": 2e-4, "gamma": 0.9, "augment": "light", "eval_batch_size": 256}
+         "lr": 2e-4, "gamma": 0.9, "augment": "light", "eval_batch_size": 256, "pretrained": QUICK_INIT}
 TEST = {"backbone": "qcs_tiny", "image_size": 24, "embed_dim": 16, "epochs": 1, "batch_size": 16, "lr": 1e-3,
         "augment": "light", "eval_batch_size": 64}
-PAPER = {"backbone": "ir50_s3", "image_size": 224, "trunk_input": 112, "embed_dim": 768, "augment": "standard",
-         "optimizer": "sam", "sam_base": "adam", "sam_rho": 0.05, "scheduler": "exponential", "gamma": 0.98,
-         "weight_decay": 0.0, "select": "best_val", "amp": False}
+# Paper: the official IR-50 trunk with its MS-Celeb-1M weights, ir50.pth from the QCS README, read from the
+# weights folder ($FER_BENCH_WEIGHTS, default ~/.cache/fer_bench/weights; see fer_bench/models/ir50.py).
+PAPER = {"backbone": "ir50_s3", "pretrained": "ir50.pth", "image_size": 224, "trunk_input": 112, "embed_dim": 768,
+         "augment": "standard", "optimizer": "sam", "sam_base": "adam", "sam_rho": 0.05, "scheduler": "exponential",
+         "gamma": 0.98, "weight_decay": 0.0, "select": "best_val", "amp": False}
 
 
 @register_method("qcs")

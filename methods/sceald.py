@@ -58,8 +58,9 @@ from torch import nn
 from fer_bench import labels as L
 from fer_bench import wordvec
 from fer_bench.data import FERDataset, stratified_holdout
-from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, Param, TorchMethod
+from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, TorchMethod
 from fer_bench.models import build_backbone
+from fer_bench.models.pretrained import SYNTHETIC_FACES, weights_records
 from fer_bench.registry import register_method
 from fer_bench_methods.baseline import BackboneClassifier
 
@@ -238,7 +239,7 @@ class SCEALD(TorchMethod):
                  "ae_backbone": "smallcnn_tiny"},
         # The baseline's quick settings (so beta=1 reproduces the baseline exactly) + a short AE stage.
         "quick": {"epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 2e-3, "scheduler": "cosine",
-                  "ae_epochs": 3, "ae_lr": 2e-3},
+                  "ae_epochs": 3, "ae_lr": 2e-3, "pretrained": QUICK_INIT},
         # Section III-D: VGG16 task backbone, batch 32, lr 1e-4, 40 epochs, LD term from the 10th epoch,
         # beta 0.7, 224 px MTCNN-aligned faces. Optimiser unstated (Adam is our choice); the MS-Celeb-1M
         # pre-training is replaced by ImageNet weights; the "VGG10" AE by a smallcnn encoder.
@@ -266,7 +267,11 @@ class SCEALD(TorchMethod):
 
     def _train_semantic_space(self, train: FERDataset) -> None:
         """Eq. 1, then Eq. 2: the frozen AE's relations S_s of every training image."""
-        ae = _SemanticStage(backbone=self.ae_backbone, image_size=self.image_size, epochs=self.ae_epochs,
+        # The AE encoder starts from fer-bench's face-pretrained weights when the task backbone does; weights
+        # meant for the task backbone (ImageNet, a file) do not fit its small encoder: random init then.
+        ae_init = self.pretrained if self.pretrained is not None and self.pretrained.lower() == SYNTHETIC_FACES else None
+        ae = _SemanticStage(backbone=self.ae_backbone, pretrained=ae_init, image_size=self.image_size,
+                            epochs=self.ae_epochs,
                             batch_size=self.batch_size, eval_batch_size=self.eval_batch_size, lr=self.ae_lr,
                             optimizer="adam", augment=self.augment, seed=self.seed, device=str(self.device_),
                             amp=self.amp, sem_gamma=self.sem_gamma, word_dim=int(self.word_vectors_.shape[1]))
@@ -412,6 +417,10 @@ class SCEALD(TorchMethod):
             if value is not None:
                 state[name] = value.detach().cpu()
         return state
+
+    def weights_used(self) -> list[dict[str, str]]:
+        ae = getattr(self, "ae_", None)
+        return weights_records(getattr(self, "model_", None), getattr(ae, "model_", None))
 
     def _set_state(self, state: dict[str, Any]) -> None:
         super()._set_state(state)

@@ -61,7 +61,7 @@ import fer_bench.models.sgm_backbones  # noqa: F401  (registers fmpnet, cvgg13, 
 from fer_bench import labels as L
 from fer_bench import metrics as M
 from fer_bench.data import FERDataset
-from fer_bench.method import (QUICK_BATCH, QUICK_EPOCHS, EmbeddingMethod, Param, ParameterError, class_means,
+from fer_bench.method import (QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, EmbeddingMethod, Param, ParameterError, class_means,
                               gaussian_logits)
 from fer_bench.models import build_backbone
 from fer_bench.registry import register_method
@@ -303,7 +303,8 @@ class SGM(MetricEmbedding):
         # 128 per step; the paper's n = 30) and a constant learning rate. The old cosine schedule annealed
         # the lr to 0 over 330 steps while SGM was still learning (46.7 % test accuracy against 58.7 % with
         # no schedule, seed 0): its learning curve had not flattened when the lr ran out.
-        "quick": {"epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 1e-3, "scheduler": "none"},
+        "quick": {"epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 1e-3, "scheduler": "none",
+                  "pretrained": QUICK_INIT},
         # Section 4.1: Adam, lr 1e-4, n = 30 per class, 64-d embedding. The epoch count and input size of
         # the SGM runs are not given: 150 epochs (the authors' triplet script) and ResNet18 at 112 px.
         "paper": {"backbone": "resnet18", "pretrained": "imagenet", "image_size": 112, "epochs": 150,
@@ -344,7 +345,7 @@ class Triplet(MetricEmbedding):
         # the same trunk and loss on balanced batches learned (45.7 % at 6 epochs).
         "test": {"epochs": 1, "image_size": 24, "sampling": "batch_all", "n_per_class": 8, "eval_batch_size": 64},
         "quick": {"epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "sampling": "batch_all", "lr": 1e-3,
-                  "scheduler": "none"},
+                  "scheduler": "none", "pretrained": QUICK_INIT},
         # Section 4.1 and the authors' TorchMtc scripts: Adam lr 1e-4, 128 triplets per batch, 150 epochs
         # of 160,000 random triplets, 64-d embedding.
         "paper": {"backbone": "resnet18", "pretrained": "imagenet", "image_size": 112, "epochs": 150,
@@ -398,7 +399,8 @@ class DGMS(SGM):
         "test": {"epochs": 2, "image_size": 24, "n_per_class": 8, "eval_batch_size": 64, "levels": 2, "mc": 4,
                  "gmm_covariance": "diag"},
         # Quick: the budget's 10 epochs over 3 levels (3, 4 and 3 epochs), constant lr as SGM's quick.
-        "quick": {"epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 1e-3, "scheduler": "none", "levels": 3},
+        "quick": {"epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 1e-3, "scheduler": "none", "levels": 3,
+                  "pretrained": QUICK_INIT},
         # Section 4.2.3: ResNet18, Adam lr 1e-4, batch 640, 500 epochs, L = 5; Mc = 10 from train_mitosis.py.
         # ``epochs`` is the whole fit: 500 = 100 per level x 5 levels.
         "paper": {"backbone": "resnet18", "pretrained": "imagenet", "image_size": 112, "epochs": 500, "levels": 5,

@@ -56,8 +56,9 @@ from torch import nn
 
 from fer_bench import labels as L
 from fer_bench.data import FERDataset
-from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, EmbeddingMethod, Param, ParameterError
+from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, EmbeddingMethod, Param, ParameterError
 from fer_bench.models import WeightsUnavailable, build_backbone
+from fer_bench.models.pretrained import SYNTHETIC_FACES, load_trunk
 from fer_bench.registry import register_method
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,8 @@ class Siamese(EmbeddingMethod):
         #    (seed 0): Xavier's larger fc4 weights lengthen the plateau by ~150 steps.
         "quick": {"trunk": "small3", "trunk_width": 32, "batchnorm": True, "fc4": 512, "fc5": 128, "image_size": 48,
                   "epochs": QUICK_EPOCHS, "freeze_epochs": 0, "batch_size": QUICK_BATCH, "optimizer": "adam", "lr": 3e-4,
-                  "dropout": 0.0, "scheduler": "none", "augment": "none", "head_init": "torch", "snapshots": 4},
+                  "dropout": 0.0, "scheduler": "none", "augment": "none", "head_init": "torch", "snapshots": 4,
+                  "pretrained": QUICK_INIT},
         # Paper: AlexNet conv1-3 from ImageNet, 227 px, fc 1024-256-2, dropout, SGD lr 1e-4 with a step
         # policy (step 5000 iterations; gamma and momentum not given: 0.1 and 0.9 assumed), stage 1
         # until validation loss stops improving (~5000 iterations), then ~5000 iterations of fine-tuning.
@@ -243,10 +245,12 @@ class Siamese(EmbeddingMethod):
                 layers.append(nn.MaxPool2d(3, 2))
             trunk = nn.Sequential(*layers)
         elif self.trunk == "small3":
-            if self.pretrained is not None:
-                raise ParameterError(f"siamese: trunk='small3' has no pretrained weights; got pretrained="
-                                     f"{self.pretrained!r}. Use pretrained=None or trunk='alexnet3'.")
+            if self.pretrained is not None and self.pretrained.lower() == "imagenet":
+                raise ParameterError(f"siamese: trunk='small3' has no ImageNet weights; use pretrained=None, "
+                                     f"{SYNTHETIC_FACES!r} or a file, or trunk='alexnet3'.")
             trunk = small3(self.trunk_width, self.pool_conv3, self.batchnorm)
+            key = f"siamese_small3_w{self.trunk_width}" + ("_bn" if self.batchnorm else "") + ("_pool" if self.pool_conv3 else "")
+            load_trunk(trunk, self.pretrained, key)
         else:  # pragma: no cover - Param choices guard this
             raise ParameterError(f"siamese: unknown trunk {self.trunk!r}; use 'alexnet3' or 'small3'.")
         with torch.no_grad():                                                        # eval: BatchNorm stats untouched

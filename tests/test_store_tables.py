@@ -26,8 +26,10 @@ def test_store_roundtrip_and_status_transitions(tmp_path):
 
 
 def _long(rows):
-    return pd.DataFrame(rows, columns=["cell_id", "method", "dataset", "seed", "label_noise", "profile", "overrides",
-                                       "metric", "value"])
+    """A long metrics frame from rows without the ``init`` column (every cell from scratch)."""
+    frame = pd.DataFrame(rows, columns=["cell_id", "method", "dataset", "seed", "label_noise", "profile", "overrides",
+                                        "metric", "value"])
+    return frame.assign(init="scratch")
 
 
 def test_summarize_mean_std_n_over_seeds():
@@ -137,10 +139,11 @@ def test_threads_are_part_of_the_cell_id_only_when_not_the_default():
 
 def test_terminal_summary_fits_100_columns_and_points_to_the_full_table(tmp_path):
     from fer_bench.tables import terminal_summary
-    long = pd.DataFrame([{"method": "paca_learned", "dataset": "synthetic:size=48,n_train=3000,nuisance=2.0",
+    long = pd.DataFrame([{"method": "paca_learned", "dataset": dataset, "init": init,
                           "label_noise": 0.3, "profile": "quick", "overrides": "lr=0.001,weight_decay=0.0001",
                           "metric": metric, "value": value, "seed": seed}
-                         for seed in (0, 1, 2) for metric, value in
+                         for dataset in ("synthetic:size=48,n_train=3000,nuisance=2.0", "synthetic:seed=1")
+                         for init in ("scratch", "synthetic-faces") for seed in (0, 1, 2) for metric, value in
                          (("accuracy", 0.8123), ("mean_class_accuracy", 0.6789), ("train_seconds", 1234.5))])
     text = terminal_summary(summarize(long), [], tmp_path / "summary.md")
     assert max(len(line) for line in text.splitlines() if not line.startswith("full table:")) <= 100, text

@@ -77,6 +77,10 @@ log = logging.getLogger(__name__)
 GENERATOR_VERSION = "1.1"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+# Faces for pretraining trunks (``pretraining_faces``): an identity space of their own (split code 9), so no
+# pretraining person is a person of any benchmark split, whatever the dataset seed. Not a benchmark split.
+PRETRAIN_SPLIT, PRETRAIN_CODE = "pretrain", 9
+_CODES: dict[str, int] = {**SPLIT_CODES, PRETRAIN_SPLIT: PRETRAIN_CODE}
 IDENTITY_STRIDE = 10_000_000          # global identity id = split_code * IDENTITY_STRIDE + i // per_identity
 MAX_IMAGES = IDENTITY_STRIDE
 F32 = np.float32
@@ -327,10 +331,10 @@ def sample_factors(split: str, index: np.ndarray | Sequence[int], **options: Any
     Pure: the row of image ``i`` depends on ``(seed, split, i, options)`` only.
     """
     opts = check_options(options)
-    if split not in SPLIT_CODES:
+    if split not in _CODES:
         raise ValueError(f"Dataset 'synthetic' has no split {split!r}; it has {', '.join(SPLITS)}.")
     index = np.asarray(index, dtype=np.int64).reshape(-1)
-    code = SPLIT_CODES[split]
+    code = _CODES[split]
     seed, k = opts["seed"], opts["nuisance"]
     B = len(index)
     img = _Stream(seed, "image", (code << 40) + index)
@@ -1753,6 +1757,31 @@ class SyntheticFER(DatasetAdapter):
                           name="synthetic", split=split, fingerprint=key,
                           label_dist=label_distribution(F, opts["classes"], opts["label_floor"]),
                           groups=F["identity"], factors=factors_frame(F), meta=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainFaces:
+    """Faces for pretraining a trunk on a task with no expression information: images and identities only.
+
+    Expressions, pose, lighting and every other nuisance are drawn as in the dataset (so the trunk sees
+    the same kind of faces), but nothing about them is kept: no label, no action unit, no distribution.
+    """
+
+    images: np.ndarray            # uint8 (N, size, size, 3)
+    identity: np.ndarray          # int64 (N,), 0..n_identities-1
+    global_identity: np.ndarray   # int64 (N,), ids in the generator's identity space (PRETRAIN_CODE * IDENTITY_STRIDE + ...)
+    options: dict[str, Any]
+
+
+def pretraining_faces(n_identities: int, per_identity: int, **options: Any) -> PretrainFaces:
+    """``n_identities`` persons of the pretraining identity space, ``per_identity`` images each."""
+    opts = check_options({**options, "per_identity": per_identity})
+    n = n_identities * per_identity
+    images = np.empty((n, opts["size"], opts["size"], 3), dtype=np.uint8)
+    for start, chunk in iter_split(PRETRAIN_SPLIT, n, **opts):
+        images[start:start + len(chunk)] = chunk
+    gid = PRETRAIN_CODE * IDENTITY_STRIDE + np.arange(n) // per_identity
+    return PretrainFaces(images=images, identity=np.arange(n) // per_identity, global_identity=gid, options=opts)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ torchvision's ResNet-18/50 (He et al., 2016), VGG-16 (Simonyan & Zisserman, 2015
 The registry ``BACKBONES`` is a plain dict of name -> builder filled on import (the timm habit: a
 variant is a three-line registration that differs only in arguments).
 
-Weights: ``pretrained=None`` (random init), ``"imagenet"`` (torchvision's weights API, read from the
+Weights: ``pretrained=None`` (random init), ``"synthetic-faces"`` (fer-bench's own face-pretrained trunks,
+shipped with the package: ``pretrained.py``), ``"imagenet"`` (torchvision's weights API, read from the
 torch hub cache when the file is there, else downloaded; offline it fails with one line that names the
 file and the folder to put it in), or the path of a state_dict file (``weights_only=True``; mismatching
 keys are an error unless ``strict=False``, which loads the rest and logs the keys).
@@ -357,12 +358,51 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, in_si
 
 def load_weights(model: Backbone, pretrained: str | os.PathLike, strict: bool = True) -> None:
     """Load "imagenet" or a state_dict file into ``model`` (see ``build_backbone``)."""
-    if isinstance(pretrained, str) and pretrained.lower() == "imagenet":
+    from fer_bench.models import pretrained as P
+    name = pretrained.lower() if isinstance(pretrained, str) else None
+    if name == "imagenet":
         state, source = imagenet_state_dict(model), f"ImageNet ({model.imagenet_weights})"
+        record = {"name": "imagenet", "trunk": model.name, "sha256": os.path.basename(urlparse(model.imagenet_weights.url).path)}
         strict = True                                   # torchvision's files match exactly by construction
+    elif name == P.SYNTHETIC_FACES:
+        state, record = P.synthetic_faces_state(model.name)
+        source, strict = f"{P.SYNTHETIC_FACES} ({model.name})", True
     else:
-        state, source = read_state_file(pretrained), str(pretrained)
+        pretrained = resolve_weights_file(pretrained)      # "ir50.pth" -> <weights folder>/ir50.pth
+        state, source, record = read_state_file(pretrained), str(pretrained), P.file_record(pretrained)
     apply_state_dict(model, state, source, strict=strict)
+    model.weights_record_ = record
+
+
+WEIGHTS_ENV = "FER_BENCH_WEIGHTS"
+# Weights files that users download themselves: file name -> what it is and where to get it. Filled by the
+# architecture files (ir50.py: "ir50.pth") so that a missing file's error says where to get it.
+WEIGHTS_FILES: dict[str, str] = {}
+
+
+def weights_dir() -> Path:
+    """The folder of weights files named without a folder: ``$FER_BENCH_WEIGHTS``, else ``weights/`` in the
+    cache folder (``$FER_BENCH_CACHE``, default ``~/.cache/fer_bench``), as an absolute path."""
+    from fer_bench.data import cache_dir                 # not at the top: fer_bench.data imports this module
+    return Path(os.path.abspath(Path(os.environ.get(WEIGHTS_ENV) or cache_dir() / "weights").expanduser()))
+
+
+def resolve_weights_file(pretrained: str | os.PathLike) -> Path:
+    """The file that ``pretrained`` names. A bare file name (``"ir50.pth"``) is that file in the working
+    directory when there is one (as any relative path), else in ``weights_dir()``; when it is in neither,
+    a one-line ``FileNotFoundError`` names the folder and, for ``WEIGHTS_FILES``, where to get the file.
+    A path with a folder part is returned as given (``read_state_file`` reports a missing one)."""
+    text = os.fspath(pretrained)
+    path = Path(text).expanduser()
+    if path.name != text or path.is_file():
+        return path
+    folder = weights_dir()
+    if (folder / text).is_file():
+        return folder / text
+    what = WEIGHTS_FILES.get(text)
+    fix = f"It is {what}; save it as {folder / text}" if what else f"Save it as {folder / text} or pass its path"
+    raise FileNotFoundError(f"Weights file {text!r} is not in the weights folder {folder}/ (set {WEIGHTS_ENV} to "
+                            f"use another folder). {fix}, or pass pretrained=None for a random init.")
 
 
 def imagenet_cache_path(weights: Any) -> Path:
@@ -398,8 +438,9 @@ def read_state_file(path: str | os.PathLike) -> dict[str, Any]:
     """A state_dict from a file: the dict itself, or its 'state_dict' / 'model' entry; 'module.' stripped."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"Weights file {str(path)!r} does not exist; pass pretrained=None, 'imagenet', "
-                                f"or the path of a state_dict file.")
+        from fer_bench.models.pretrained import allowed_values
+        raise FileNotFoundError(f"Weights file {str(path)!r} does not exist and is no weights name; pass "
+                                f"pretrained={allowed_values()}.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

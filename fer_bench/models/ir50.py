@@ -17,7 +17,11 @@ numbering of face.evoLVe checkpoints and QCS's ``ir_back.`` prefix. The embeddin
 (``output_layer``: BN, dropout, Linear(512*7*7, 512), BN) is tied to 112 px inputs and is not built;
 its keys are ignored on load. QCS uses the first three stages only (``ir50_s3``).
 
-Weights come only from a user file: no ImageNet weights exist for this network.
+Weights come only from a user file: no ImageNet weights exist for this network. ``pretrained="ir50.pth"``
+(the QCS / DCS paper profiles) is the MS-Celeb-1M file that POSTER / QCS distribute, read from the weights
+folder (``backbones.weights_dir()``: ``$FER_BENCH_WEIGHTS``, default ``~/.cache/fer_bench/weights``). Links:
+the QCS README (github.com/birdwcp/QCS, "pretrained model") and the POSTER V2 README (Talented-Q/POSTER_V2,
+"Preparing Pretrained Models"). tests/test_ir50_weights.py loads the official definitions' key layouts.
 """
 from __future__ import annotations
 
@@ -27,9 +31,14 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from fer_bench.models.backbones import Backbone, register_backbone, with_stages
+from fer_bench.models.backbones import WEIGHTS_FILES, Backbone, register_backbone, with_stages
 
 log = logging.getLogger(__name__)
+
+QCS_README = "https://github.com/birdwcp/QCS#pretrained-model"
+IR50_MSCELEB_URL = "https://drive.google.com/file/d/1FV8kUSeVbZ815iWt-YIYiQrCDChrhO2G/view"   # the QCS README's link
+WEIGHTS_FILES["ir50.pth"] = (f"the MS-Celeb-1M IR-50 of POSTER / QCS: download it from {IR50_MSCELEB_URL} "
+                             f"(linked in the QCS README, {QCS_README})")
 
 IR50_UNITS: tuple[int, ...] = (3, 4, 14, 3)
 IR50_WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
