@@ -149,32 +149,71 @@ def check_every_trainable_parameter_gets_a_gradient(cls, params, train, test, tm
                       f"Fix the network, or declare them in frozen_parameters() if they are meant to stay fixed.")
 
 
-EASY_EPOCHS = 6   # the training budget of the easy-dataset check, on top of the test profile
+EASY_EPOCHS = 6         # the training budget of the easy-dataset check, on top of the test profile
+UNTRAINED_LR = 1e-12    # the reference fit of that check: every hook runs, no weight moves
+EASY_MARGIN = 0.10      # accuracy the fitted method must add to its untrained network and to the majority class
 
 
-def check_beats_the_majority_class_on_an_easy_dataset(cls, params, train, test, tmp) -> None:
-    """On an easy, separable, imbalanced dataset a method that learns anything must beat predicting the
-    most frequent class (by 10 points): catches samplers, schedules and readouts that leave a method at the
-    floor whatever its idea."""
+def check_beats_its_untrained_network_on_an_easy_dataset(cls, params, train, test, tmp) -> None:
+    """Learning, not the random features of an untrained network, must carry the method on an easy dataset.
+
+    The method is fitted for ``EASY_EPOCHS`` epochs of its test profile on ``easy_dataset``, and once more
+    with ``lr=UNTRAINED_LR``: the same sampler, BatchNorm statistics, gallery and classifier around a network
+    that does not move. The first fit must beat both that untrained network and the majority class by
+    ``EASY_MARGIN``. Catches samplers, losses, schedules and readouts that leave the network where it started
+    (e.g. a sampler that loses the labels) or the predictions at the majority class. The untrained reference
+    matters: a kNN over an untrained network's features scores about 60 % here (the floor is 40 %). It is no
+    speed test: the paper's random triplets (``triplet`` with ``sampling='random'``), which stayed at the
+    untrained network's accuracy at the quick budget, learn this dataset (96 % against 61 % untrained) and pass.
+    """
     if not cls.learns:
         return
     easy_train, easy_test = easy_dataset(split="train"), easy_dataset(n=120, split="test")
     chosen = {**params, "epochs": EASY_EPOCHS} if "epochs" in cls.params else params
-    method = cls(**chosen).fit(easy_train)
-    acc = float((method.predict(easy_test) == easy_test.labels).mean())
+    acc = _accuracy(cls(**chosen).fit(easy_train), easy_test)
     floor = float(np.bincount(easy_test.labels).max() / len(easy_test))
-    assert acc >= floor + 0.10, (f"{cls.display_name()}: test accuracy {acc:.3f} on the easy dataset after {EASY_EPOCHS} "
-                                 f"epochs of its test profile; the majority class gets {floor:.3f}. A method that "
-                                 f"learns nothing here is stuck at the floor (sampler, schedule, readout?).")
+    untrained = floor                                                     # a method without a learning rate
+    if "lr" in cls.params:
+        untrained = _accuracy(cls(**{**chosen, "lr": UNTRAINED_LR}).fit(easy_train), easy_test)
+    assert acc >= max(floor, untrained) + EASY_MARGIN, (
+        f"{cls.display_name()}: test accuracy {acc:.3f} on the easy dataset after {EASY_EPOCHS} epochs of its test "
+        f"profile; the same fit with lr={UNTRAINED_LR:g} (the untrained network) gets {untrained:.3f} and the "
+        f"majority class {floor:.3f}. A method that learns beats both by {EASY_MARGIN:.2f}: look at its sampler, "
+        f"loss, schedule and readout.")
+
+
+def _accuracy(method: Method, data: FERDataset) -> float:
+    return float((method.predict(data) == data.labels).mean())
+
+
+EASY_COLOURS = np.array([[220, 40, 40], [40, 200, 40], [40, 80, 230], [220, 200, 30]], dtype=np.float64)  # RGB
 
 
 def easy_dataset(n: int = 240, size: int = 24, seed: int = 0, split: str = "train") -> FERDataset:
-    """``toy_dataset`` with 4 classes in proportions 2:1:1:1 (the majority class is 40 %)."""
-    base = toy_dataset(n, size, num_classes=5, seed=seed, split=split)
-    labels = np.where(base.labels == 4, 0, base.labels)   # classes 0 and 4 share corner 0: merged into class 0
-    images = base.images
-    return FERDataset(images=images, labels=labels.astype(np.int64), classes=(1, 2, 3, 4), name="easy", split=split,
-                      fingerprint=fingerprint_of("easy", n, size, seed, split), groups=base.groups)
+    """4 classes in proportions 2:1:1:1 (the majority class is 40 %) that an untrained network reads poorly.
+
+    Class c is the colour of a mark of ``size // 4`` pixels a side at the centre (red, green, blue, yellow:
+    ``EASY_COLOURS``), on a background of blocks of ``size // 4`` pixels, each of a random grey level and a
+    random colour cast. The background carries most of the variance of an untrained network's features: the
+    kNN over them of sgm, triplet and dgms scores 56-63 % (``toy_dataset``'s bright corners it reads perfectly),
+    against 93-100 % after ``EASY_EPOCHS`` of training. The mark is centred and symmetric: flips and light
+    crops keep the class.
+    """
+    rng = np.random.default_rng([seed, {"train": 0, "val": 1, "test": 2}.get(split, 3)])
+    labels = np.array([0, 0, 1, 2, 3])[np.arange(n) % 5]
+    rng.shuffle(labels)
+    cell = size // 4
+    g = -(-size // cell)                                                  # blocks a side
+    grey = rng.uniform(0, 255, size=(n, g, g, 1))                         # (N, g, g, 1)
+    cast = rng.normal(0, 60, size=(n, g, g, 3))
+    cast -= cast.mean(-1, keepdims=True)                                  # a hue shift, not a brightness one
+    images = (grey + cast).repeat(cell, 1).repeat(cell, 2)[:, :size, :size]  # (N, S, S, 3)
+    lo = (size - cell) // 2
+    images[:, lo:lo + cell, lo:lo + cell] = EASY_COLOURS[labels][:, None, None, :]
+    return FERDataset(images=np.clip(images, 0, 255).round().astype(np.uint8), labels=labels.astype(np.int64),
+                      classes=(1, 2, 3, 4), name="easy", split=split,
+                      fingerprint=fingerprint_of("easy", 2, n, size, seed, split),   # 2: the centre-colour version
+                      groups=np.arange(n) // 4)
 
 
 CHECKS: list[Callable] = [
@@ -186,5 +225,5 @@ CHECKS: list[Callable] = [
     check_same_seed_same_predictions,
     check_save_load_roundtrip,
     check_every_trainable_parameter_gets_a_gradient,
-    check_beats_the_majority_class_on_an_easy_dataset,
+    check_beats_its_untrained_network_on_an_easy_dataset,
 ]

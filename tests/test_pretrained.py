@@ -126,6 +126,7 @@ def test_every_quick_profile_starts_from_the_shipped_trunks(name):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)      # ~165 CPU-s on one thread
 def test_the_script_regenerates_a_shipped_file_byte_for_byte(tmp_path):
     key = "smallcnn_tiny"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain_trunks.py"), "--trunks", key, "--out",
