@@ -276,7 +276,9 @@ def cluster_patches(emb: np.ndarray, settings: ClusterSettings, backend: str = "
         labels = _torch_kmeans_all(emb, settings, device, chunk or 1024)
     elif backend == "sklearn":
         labels = np.empty((n, p), dtype=np.int8)
-        if workers <= 0 or n < max(2, min_per_worker * workers):
+        import multiprocessing
+        # a daemonic process (a cell of the local executor's pool) may not start workers: its cores are taken
+        if workers <= 0 or n < max(2, min_per_worker * workers) or multiprocessing.current_process().daemon:
             workers = 0
             _, labels, totals = _cluster_rows((np.asarray(emb), 0, n, settings, False))
         else:
@@ -286,7 +288,6 @@ def cluster_patches(emb: np.ndarray, settings: ClusterSettings, backend: str = "
             size = chunk or max(1, math.ceil(n / (workers * 4)))
             tasks = [(source if source is not None else np.asarray(emb[a:min(a + size, n)]), a, min(a + size, n),
                       settings, True) for a in range(0, n, size)]
-            import multiprocessing
             with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 for start, lab, flags in pool.map(_cluster_rows, tasks):
                     labels[start:start + len(lab)] = lab

@@ -89,6 +89,21 @@ def test_process_pool_gives_the_in_process_result():
     assert np.array_equal(one, pooled) and stats["workers"] == 2
 
 
+def _cluster_in_a_daemon(_):
+    x, _ = separated(b=6, k=3, seed=2)
+    return PC.cluster_patches(x, PC.ClusterSettings("agglomerative", 3), workers=2, chunk=3, min_per_worker=1)
+
+
+def test_a_daemonic_process_clusters_in_process_instead_of_starting_workers():
+    # a cell of the local executor runs in a daemonic pool worker, which may not have children (#17: the paca
+    # cells of the acceptance grid failed with "daemonic processes are not allowed to have children")
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        labels, stats = pool.map(_cluster_in_a_daemon, [0])[0]
+    x, _ = separated(b=6, k=3, seed=2)
+    assert stats["workers"] == 0 and np.array_equal(labels, PC.cluster_patches(x, PC.ClusterSettings("agglomerative", 3))[0])
+
+
 def test_assignment_cache_is_reused_without_reclustering(monkeypatch):
     x, _ = separated(b=4, k=2, seed=3)
     settings = PC.ClusterSettings("kmeans", 2)
