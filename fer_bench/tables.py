@@ -25,7 +25,7 @@ from tabulate import tabulate
 
 import fer_bench
 from fer_bench import labels as L
-from fer_bench.store import STORE_NAME, Store
+from fer_bench.store import STORE_NAME, Store, init_label
 
 log = logging.getLogger(__name__)
 
@@ -221,12 +221,13 @@ def write_curve_plots(plots: Path, curves: pd.DataFrame, long: pd.DataFrame) -> 
 
 
 def first_seed_per_point(cells: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
-    """The finished cell with the smallest seed of each grid point (method, dataset, noise, overrides):
+    """The finished cell with the smallest seed of each grid point (method, dataset, noise, overrides, init):
     figures show one cell per point, not one per seed."""
     first: dict[tuple, dict[str, Any]] = {}
     for cell in sorted((c for c in cells if c["status"] == "done"), key=lambda c: c["spec"]["seed"]):
         spec = cell["spec"]
-        first.setdefault((spec["method"], spec["dataset_label"], spec["label_noise"], spec["overrides_label"]), cell)
+        first.setdefault((spec["method"], spec["dataset_label"], spec["label_noise"], spec["overrides_label"],
+                          init_label(spec)), cell)
     return first
 
 
@@ -242,9 +243,11 @@ def write_run_plots(run_dir: Path, cells: list[dict[str, Any]], artifacts: dict[
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     first = first_seed_per_point(cells)
+    several_inits = len({key[4] for key in first}) > 1      # name the initialisation only when the run has two
     recalls: dict[str, dict[str, np.ndarray]] = {}
     for key, cell in first.items():
-        label = "_".join(_slug(str(k)) for k in key if str(k) not in ("", "0.0"))
+        shown = key if several_inits else key[:4]
+        label = "_".join(_slug(str(k)) for k in shown if str(k) not in ("", "0.0"))
         arts = artifacts[cell["id"]]
         if not all((run_dir / arts.get(k, "-")).is_file() for k in ("test_labels", "test_pred", "test_embed")):
             log.info("no figures for cell %s: its cells/ folder is not here (imported or not committed)", cell["id"])
