@@ -443,13 +443,8 @@ def build_embedder(s: EmbedSettings, device: "torch.device | str" = "cpu") -> "t
 
 def resize_images(images: np.ndarray, size: int) -> "torch.Tensor":
     """uint8 (N, H, W, 3) -> float (N, 3, size, size) in [0, 1], antialiased bilinear (as TorchMethod)."""
-    import torch
-    import torch.nn.functional as F
-    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)            # (N, 3, H, W) uint8
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False).round_().clamp_(0, 255)
-    return x.float().div_(255.0)
+    from fer_bench.models.backbones import resize_images as resize_uint8
+    return resize_uint8(images, size).float().div_(255.0)
 
 
 def cut_patches(x: "torch.Tensor", patch: int) -> "torch.Tensor":

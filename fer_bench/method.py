@@ -29,6 +29,7 @@ from torch import nn
 import fer_bench
 from fer_bench.data import FERDataset, stratified_holdout
 from fer_bench.models import IMAGENET_MEAN, IMAGENET_STD
+from fer_bench.models.backbones import resize_images
 from fer_bench.models.pretrained import check_pretrained, weights_records
 
 log = logging.getLogger(__name__)
@@ -522,15 +523,7 @@ class TorchMethod(Method):
 
     def prepare_images(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N,H,W,3) -> uint8 (N,3,S,S) resized to ``image_size`` (antialiased), kept on CPU."""
-        out = torch.empty((len(images), 3, self.image_size, self.image_size), dtype=torch.uint8)
-        step = 1024
-        for start in range(0, len(images), step):
-            chunk = torch.from_numpy(np.array(images[start:start + step])).permute(0, 3, 1, 2)  # a copy: the cache is read-only
-            if chunk.shape[-1] != self.image_size or chunk.shape[-2] != self.image_size:
-                chunk = F.interpolate(chunk.float(), size=(self.image_size, self.image_size), mode="bilinear",
-                                      antialias=True, align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-            out[start:start + step] = chunk
-        return out
+        return resize_images(images, self.image_size)
 
     @torch.no_grad()
     def map_batches(self, images: np.ndarray, fn) -> torch.Tensor:

@@ -78,18 +78,6 @@ def trunk_specs() -> dict[str, dict[str, Any]]:
     }
 
 
-def _resize(images: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> uint8 (N, 3, size, size), antialiased bilinear as ``TorchMethod.prepare_images``."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2)
-    if x.shape[-1] == size:
-        return x.contiguous()
-    out = torch.empty((len(x), 3, size, size), dtype=torch.uint8)
-    for a in range(0, len(x), 1024):
-        out[a:a + 1024] = F.interpolate(x[a:a + 1024].float(), size=(size, size), mode="bilinear", antialias=True,
-                                        align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-    return out
-
-
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """SimCLR's NT-Xent: each view's positive is the other view of its image, the other 2B - 2 are negatives."""
     z = F.normalize(torch.cat([z1, z2]), dim=1)                       # (2B, d)
@@ -105,11 +93,12 @@ def pretrain(key: str, task: str = "identity", recipe: dict[str, Any] = RECIPE, 
     from fer_bench.data.augment import BatchAugment
     from fer_bench.data.synthetic import pretraining_faces
     from fer_bench.models import IMAGENET_MEAN, IMAGENET_STD
+    from fer_bench.models.backbones import resize_images
 
     torch.set_num_threads(recipe["threads"])
     spec = trunk_specs()[key]
     faces = pretraining_faces(**recipe["faces"])
-    images = _resize(faces.images, spec["size"])                      # uint8 (N, 3, S, S)
+    images = resize_images(faces.images, spec["size"])                # uint8 (N, 3, S, S), as the methods resize
     labels = torch.from_numpy(faces.identity)
     torch.manual_seed(SEED)
     trunk = spec["build"]()

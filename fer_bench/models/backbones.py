@@ -50,6 +50,21 @@ class WeightsMismatch(ValueError):
     """A weights file whose keys or shapes do not match the backbone (raised when ``strict=True``)."""
 
 
+def resize_images(images: Any, size: int, step: int = 1024) -> Tensor:
+    """uint8 (N, H, W, 3) -> uint8 (N, 3, size, size), antialiased bilinear, rounded; on CPU, ``step`` images at
+    a time (each image is resized on its own, so the chunking does not change a byte). The one resize of the
+    methods, the patch embeddings and the trunk pretraining."""
+    import numpy as np
+    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
+    for start in range(0, len(images), step):
+        chunk = torch.from_numpy(np.array(images[start:start + step])).permute(0, 3, 1, 2)  # a copy: caches are read-only
+        if chunk.shape[-1] != size or chunk.shape[-2] != size:
+            chunk = torch.nn.functional.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True,
+                                                    align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+        out[start:start + step] = chunk
+    return out
+
+
 def normalize(images: Tensor, mean: Sequence[float] = IMAGENET_MEAN,
               std: Sequence[float] = IMAGENET_STD) -> Tensor:
     """Images -> float32 ``(B, 3, H, W)`` normalised as ``(x - mean) / std`` in the [0, 1] scale.
@@ -362,7 +377,7 @@ def load_weights(model: Backbone, pretrained: str | os.PathLike, strict: bool = 
     name = pretrained.lower() if isinstance(pretrained, str) else None
     if name == "imagenet":
         state, source = imagenet_state_dict(model), f"ImageNet ({model.imagenet_weights})"
-        record = {"name": "imagenet", "trunk": model.name, "sha256": os.path.basename(urlparse(model.imagenet_weights.url).path)}
+        record = imagenet_record(model)
         strict = True                                   # torchvision's files match exactly by construction
     elif name == P.SYNTHETIC_FACES:
         state, record = P.synthetic_faces_state(model.name)
@@ -403,6 +418,11 @@ def resolve_weights_file(pretrained: str | os.PathLike) -> Path:
     fix = f"It is {what}; save it as {folder / text}" if what else f"Save it as {folder / text} or pass its path"
     raise FileNotFoundError(f"Weights file {text!r} is not in the weights folder {folder}/ (set {WEIGHTS_ENV} to "
                             f"use another folder). {fix}, or pass pretrained=None for a random init.")
+
+
+def imagenet_record(model: Backbone) -> dict[str, str]:
+    """The weights record of ImageNet weights: torchvision's file name carries the first hex digits of its sha256."""
+    return {"name": "imagenet", "trunk": model.name, "sha256": imagenet_cache_path(model.imagenet_weights).name}
 
 
 def imagenet_cache_path(weights: Any) -> Path:

@@ -36,14 +36,14 @@ def allowed_values() -> str:
     return "None (random init), " + ", ".join(repr(n) for n in NAMED_WEIGHTS) + " or the path of a state_dict file"
 
 
-def check_pretrained(value: str | None, owner: str = "pretrained") -> None:
+def check_pretrained(value: str | None) -> None:
     """Raise ``UnknownWeights`` (one line) when ``value`` is no known name and no existing file."""
     if value is None or value.lower() in NAMED_WEIGHTS or Path(value).expanduser().is_file():
         return
     from fer_bench.models.backbones import WEIGHTS_FILES, weights_dir
     if value in WEIGHTS_FILES or (Path(value).name == value and (weights_dir() / value).is_file()):
         return                           # a file users download (ir50.pth): a missing one is reported on load
-    raise UnknownWeights(f"Unknown {owner} value {value!r}: no such weights name or file. Allowed: {allowed_values()}.")
+    raise UnknownWeights(f"Unknown pretrained value {value!r}: no such weights name or file. Allowed: {allowed_values()}.")
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,10 +52,6 @@ def manifest() -> dict[str, Any]:
     if not MANIFEST.is_file():
         return {"recipe": {}, "trunks": {}}
     return json.loads(MANIFEST.read_text())
-
-
-def shipped_trunks() -> list[str]:
-    return sorted(manifest()["trunks"])
 
 
 def sha256_of(path: Path) -> str:
@@ -90,8 +86,9 @@ def record_of(pretrained: str | None, key: str) -> dict[str, str] | None:
     if name == SYNTHETIC_FACES:
         entry = manifest()["trunks"].get(key, {})
         return {"name": SYNTHETIC_FACES, "trunk": key, "sha256": entry.get("sha256", "missing")}
-    if name == "imagenet":
-        return {"name": "imagenet", "trunk": key, "sha256": "torchvision"}
+    if name == "imagenet":                     # the architecture (random init, no download) names torchvision's file
+        from fer_bench.models.backbones import build_backbone, imagenet_record
+        return imagenet_record(build_backbone(key))
     return file_record(pretrained)
 
 
