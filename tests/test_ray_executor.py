@@ -136,11 +136,19 @@ def _run_args(out: Path, plugin: Path, address: str, seeds: str = "0,1", methods
 
 
 def _cells(out: Path) -> dict[str, tuple[str, str]]:
-    """cell id -> (method, status) from the store, or {} before the driver created it."""
+    """cell id -> (method, status) from the store, or {} before the driver created it.
+
+    The driver creates the database file a moment before its tables, so "no such table" means "not yet" too."""
     if not (out / "results.sqlite").exists():
         return {}
     with sqlite3.connect(out / "results.sqlite", timeout=30) as db:
-        return {i: (json.loads(s)["method"], st) for i, s, st in db.execute("SELECT id, spec, status FROM cells")}
+        try:
+            rows = db.execute("SELECT id, spec, status FROM cells").fetchall()
+        except sqlite3.OperationalError as error:
+            if "no such table" in str(error):
+                return {}
+            raise
+    return {i: (json.loads(s)["method"], st) for i, s, st in rows}
 
 
 def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 240):
