@@ -4,11 +4,14 @@ trainer, samplers, heads and classifiers, on the same embedded dataset and the s
 
     python scripts/independent_checks.py siamese --init torch     # 2-D contrastive net, PyTorch's fc init
     python scripts/independent_checks.py siamese --init xavier    # the same with the paper's Xavier init
+    python scripts/independent_checks.py siamese --trunk-weights synthetic-faces   # trunk from the shipped weights
     python scripts/independent_checks.py vit --stem linear        # ViT, linear projection of 16 px patches
     python scripts/independent_checks.py vit --stem conv          # the same ViT with a stride-2 conv stem
     python scripts/independent_checks.py qcs_base --lr 2e-4       # QCS's base network alone, cross-entropy
+    python scripts/independent_checks.py sgm --trunk-weights synthetic-faces   # SGM loss, 18 images per class
 
-Only the data comes from fer-bench (``load_dataset``), and for ``qcs_base`` the network: QCS's base branch
+Only the data comes from fer-bench (``load_dataset``), for ``sgm`` the registry's ``smallcnn`` trunk (with a
+linear 64-d head written here) and for ``qcs_base`` the network: QCS's base branch
 (the quick trunk and ViT, no cross-similarity modules, built by the qcs plugin with ``connection='off'``, the
 module its parity tests pin to the official code), trained here with plain Adam and cross-entropy, no SAM. Each prints test accuracy and mean class accuracy along
 the way and the process CPU seconds. One torch thread; about 1-2 CPU-minutes (siamese) and 4-5 (vit) here.
@@ -42,11 +45,16 @@ def scores(y: torch.Tensor, pred: torch.Tensor) -> tuple[float, float]:
     return acc, mca
 
 
-def siamese_net(init: str) -> nn.Module:
+def siamese_net(init: str, trunk_weights: str | None = None) -> nn.Module:
     """small3 with BatchNorm (conv5/2-pool, conv5-pool, conv3) -> fc 512 -> 128 -> 2."""
     def conv(c_in, c_out, k, stride=1):
         return [nn.Conv2d(c_in, c_out, k, stride, k // 2), nn.BatchNorm2d(c_out), nn.ReLU()]
     trunk = nn.Sequential(*conv(3, 32, 5, 2), nn.MaxPool2d(3, 2), *conv(32, 64, 5), nn.MaxPool2d(3, 2), *conv(64, 96, 3))
+    if trunk_weights == "synthetic-faces":        # the shipped file (same layer indices)
+        from fer_bench.models.pretrained import synthetic_faces_state
+        trunk.load_state_dict(synthetic_faces_state("siamese_small3_w32_bn")[0])
+    elif trunk_weights:                           # a state_dict file of the same trunk
+        trunk.load_state_dict(torch.load(trunk_weights, weights_only=True))
     width = trunk(torch.zeros(1, 3, 48, 48)).numel()
     net = nn.Sequential(trunk, nn.Flatten(), nn.Linear(width, 512), nn.ReLU(), nn.Linear(512, 128), nn.ReLU(),
                         nn.Linear(128, 2))
@@ -100,6 +108,29 @@ class PlainViT(nn.Module):
         return self.head(self.norm(self.encoder(t)).mean(1))
 
 
+class SmallcnnEmbedding(nn.Module):
+    """fer-bench's ``smallcnn`` trunk (random or its shipped face-pretrained weights) -> pooled -> linear 64-d."""
+
+    def __init__(self, trunk_weights: str | None):
+        super().__init__()
+        from fer_bench.models import build_backbone
+        self.trunk = build_backbone("smallcnn", pretrained=trunk_weights, in_size=48)
+        self.head = nn.Linear(self.trunk.out_dim, 64)
+
+    def forward(self, x):
+        return self.head(self.trunk(x)[1])
+
+
+def sgm_objective(z: torch.Tensor, y: torch.Tensor, sigma: float = 0.5, reg: float = 1e-3) -> torch.Tensor:
+    """SGMLoss Eq. 4 as read from the paper: batch class means mu_c, q_ic = softmax_c(-||z_i - mu_c||^2 / 2 sigma^2),
+    mean_i sum_c (q_ic - [y_i = c])^2 + reg * mean_i ||z_i||."""
+    classes = torch.unique(y)
+    mu = torch.stack([z[y == c].mean(0) for c in classes])
+    q = torch.softmax(-torch.cdist(z, mu).pow(2) / (2 * sigma ** 2), dim=1)
+    target = (y[:, None] == classes[None, :]).float()
+    return (q - target).pow(2).sum(1).mean() + reg * z.norm(dim=1).mean()
+
+
 def qcs_base_network(classes: int) -> nn.Module:
     """QCS's base branch at its quick profile (trunk qcs_small, 48 px, width 64, 4 heads), nothing else."""
     from fer_bench.registry import get_method
@@ -110,8 +141,11 @@ def qcs_base_network(classes: int) -> nn.Module:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", choices=("siamese", "vit", "qcs_base"))
+    ap.add_argument("model", choices=("siamese", "vit", "qcs_base", "sgm"))
     ap.add_argument("--init", choices=("torch", "xavier"), default="torch", help="siamese: fc init")
+    ap.add_argument("--trunk-weights", default=None,
+                    help="siamese, sgm: start the trunk from 'synthetic-faces' (fer-bench's shipped weights); "
+                         "siamese also a state_dict file")
     ap.add_argument("--stem", choices=("linear", "conv"), default="linear", help="vit: patch embedding")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=550)
@@ -126,12 +160,14 @@ def main() -> None:
     classes = len(train.classes)
     torch.manual_seed(args.seed)
     if args.model == "siamese":
-        net = siamese_net(args.init)
+        net = siamese_net(args.init, args.trunk_weights)
+    elif args.model == "sgm":
+        net = SmallcnnEmbedding(args.trunk_weights)
     elif args.model == "vit":
         net = PlainViT(args.stem, classes=classes)
     else:
         net = qcs_base_network(classes)
-    lr = args.lr or {"siamese": 3e-4, "vit": 1e-3, "qcs_base": 2e-4}[args.model]
+    lr = args.lr or {"siamese": 3e-4, "vit": 1e-3, "qcs_base": 2e-4, "sgm": 1e-3}[args.model]
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     order = torch.Generator().manual_seed(args.seed)
 
@@ -145,18 +181,31 @@ def main() -> None:
             z_train, z_test = batched(net, x_train), batched(net, x_test)
             centroids = torch.stack([z_train[y_train == c].mean(0) for c in range(classes)])
             pred = torch.cdist(z_test, centroids).argmin(1)
+        elif args.model == "sgm":                        # scikit-learn's 11-nearest-neighbour vote
+            from sklearn.neighbors import KNeighborsClassifier
+            knn = KNeighborsClassifier(11).fit(batched(net, x_train).numpy(), y_train.numpy())
+            pred = torch.from_numpy(knn.predict(batched(net, x_test).numpy()))
         else:
             pred = batched(net, x_test).argmax(1)
         net.train()
         return scores(y_test, pred)
 
     start, per_epoch = time.process_time(), len(y_train) // 128
+    by_class = [torch.nonzero(y_train == c).flatten() for c in range(classes)]
     for step in range(args.steps):
-        if step % per_epoch == 0:
-            perm = torch.randperm(len(y_train), generator=order)
-        idx = perm[(step % per_epoch) * 128:(step % per_epoch + 1) * 128]
+        if args.model == "sgm":                          # 18 images of each of the 7 classes, with replacement
+            idx = torch.cat([pool[torch.randint(len(pool), (18,), generator=order)] for pool in by_class])
+        else:
+            if step % per_epoch == 0:
+                perm = torch.randperm(len(y_train), generator=order)
+            idx = perm[(step % per_epoch) * 128:(step % per_epoch + 1) * 128]
         out = net(x_train[idx])
-        loss = hadsell_all_pairs(out, y_train[idx]) if args.model == "siamese" else F.cross_entropy(out, y_train[idx])
+        if args.model == "siamese":
+            loss = hadsell_all_pairs(out, y_train[idx])
+        elif args.model == "sgm":
+            loss = sgm_objective(out, y_train[idx])
+        else:
+            loss = F.cross_entropy(out, y_train[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
