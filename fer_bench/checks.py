@@ -14,8 +14,8 @@ from typing import Callable
 import numpy as np
 
 from fer_bench.data import FERDataset, fingerprint_of
-from fer_bench.method import Method, NotFittedError, ParameterError, TorchMethod
-from fer_bench.registry import get_method
+from fer_bench.method import PROFILES, Method, NotFittedError, ParameterError, TorchMethod
+from fer_bench.registry import DATASETS, get_method, unknown_name_message
 from fer_bench.train import epoch_generator
 
 
@@ -54,6 +54,22 @@ def _fitted(cls: type[Method], params: dict, train: FERDataset) -> Method:
     returned = method.fit(train)
     assert returned is method, f"{cls.display_name()}.fit must return self, returned {type(returned).__name__}."
     return method
+
+
+def check_profile_tables(cls, params, train, test, tmp) -> None:
+    """Every profile of the method resolves, and every per-dataset table of a profile (``datasets``) names a
+    registered dataset and resolves too: a misspelt dataset key would otherwise never apply, silently."""
+    known = DATASETS.names()
+    unknown_profiles = sorted(set(cls.profiles) - set(PROFILES))
+    assert not unknown_profiles, (f"{cls.display_name()}: profile {unknown_profiles[0]!r} is not a fer-bench profile "
+                                  f"({', '.join(PROFILES)}); it would never be used.")
+    for profile, table in cls.profiles.items():
+        cls.resolve_params(profile)
+        for dataset in table.get("datasets", {}):
+            assert dataset in known, (f"{cls.display_name()}: the {profile!r} profile has a table for dataset "
+                                      f"{dataset!r}, which is not registered, so it never applies. "
+                                      f"{unknown_name_message('dataset', dataset, known)}")
+            cls.resolve_params(profile, dataset)
 
 
 def check_unknown_parameter_rejected(cls, params, train, test, tmp) -> None:
@@ -217,6 +233,7 @@ def easy_dataset(n: int = 240, size: int = 24, seed: int = 0, split: str = "trai
 
 
 CHECKS: list[Callable] = [
+    check_profile_tables,
     check_unknown_parameter_rejected,
     check_bad_value_rejected,
     check_predict_before_fit_raises,

@@ -150,6 +150,7 @@ def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label
     budget = parse_budget(budget)
     if budget and "epochs" in overrides.get("*", {}):
         raise ParameterError("--budget and --set '*.epochs' both set every method's epochs; keep one of them.")
+    check_no_run_level_sets(overrides)
     everyone = overrides.get("*", {})
     declared = set().union(*(get_method(m).params for m in methods)) if methods else set()
     nowhere = sorted(set(everyone) - declared)
@@ -182,6 +183,17 @@ def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label
 
 
 MAX_SEED = 2 ** 32 - 1   # numpy's and torch's generators both take seeds below 2^32
+# Parameters every method has that the grid sets for all of a run's cells, from its own options.
+RUN_LEVEL = {"seed": "--seeds", "device": "--device"}
+
+
+def check_no_run_level_sets(overrides: dict[str, dict[str, str]]) -> None:
+    """``--set m.seed`` / ``--set m.device`` would be overwritten by the grid: refuse them, naming the option."""
+    for method_name, given in overrides.items():
+        for key, option in RUN_LEVEL.items():
+            if key in given:
+                raise ParameterError(f"--set {method_name}.{key}: the {key} of every cell comes from {option} "
+                                     f"(e.g. {option} {given[key]}); drop it from --set.")
 
 
 def check_grid_axes(methods: list[str], seeds: list[int], label_noise: list[float]) -> None:

@@ -99,6 +99,8 @@ def test_plugin_example_from_the_readme_runs_through_the_cli(tmp_path):
     (["run", "--set", "baseline.lr=-1"], "The 'lr' parameter of baseline must be a float in (0, inf). Got '-1' instead."),
     (["run", "--dataset", "synthetic:sise=32"], "Dataset 'synthetic' has no option 'sise'"),
     (["run", "--seeds", "a"], "--seeds 'a' must be a comma-separated list"),
+    (["run", "--set", "baseline.seed=3"], "--set baseline.seed: the seed of every cell comes from --seeds"),
+    (["run", "--set", "*.device=cpu"], "--set *.device: the device of every cell comes from --device"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2(args, message, tmp_path):
     proc = fer_bench(*args, "--out", str(tmp_path / "x"), check=False)
