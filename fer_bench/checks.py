@@ -13,7 +13,9 @@ from typing import Callable
 
 import numpy as np
 
+import fer_bench.reports  # noqa: F401  (the harness's metrics, registered with their reports)
 from fer_bench.data import FERDataset, fingerprint_of
+from fer_bench.evaluation import metric_spec
 from fer_bench.method import PROFILES, Method, NotFittedError, ParameterError, TorchMethod
 from fer_bench.registry import DATASETS, get_method, unknown_name_message
 from fer_bench.train import epoch_generator
@@ -115,6 +117,17 @@ def check_outputs(cls, params, train, test, tmp) -> None:
     assert emb.dtype == np.float32 and emb.ndim == 2 and len(emb) == n, f"embed gave {emb.dtype} {emb.shape}, expected float32 (N, D)."
     assert np.all(np.isfinite(emb)), "embed returned non-finite values."
     assert method.embed(test.images[:1]).shape == (1, emb.shape[1]), "embed of a single image must work."
+
+
+def check_extra_results_are_declared(cls, params, train, test, tmp) -> None:
+    """Every figure ``extra_results`` returns is declared (``extra_metrics`` or the harness's metric registry),
+    so tables, benchmark files and the report know its scale and direction."""
+    method = _fitted(cls, params, train)
+    returned = method.extra_results(Path(tmp) / "extra", train, test)
+    undeclared = sorted(n for n in returned if metric_spec(n, cls.extra_metrics) is None)
+    assert not undeclared, (f"{cls.display_name()}.extra_results returned {len(undeclared)} undeclared metric(s) "
+                            f"({', '.join(undeclared[:4])}); declare them in {cls.__name__}.extra_metrics "
+                            f"(fer_bench.evaluation.MetricSpec).")
 
 
 def check_same_seed_same_predictions(cls, params, train, test, tmp) -> None:
@@ -240,6 +253,7 @@ CHECKS: list[Callable] = [
     check_params_clone_roundtrip,
     check_outputs,
     check_same_seed_same_predictions,
+    check_extra_results_are_declared,
     check_save_load_roundtrip,
     check_every_trainable_parameter_gets_a_gradient,
     check_beats_its_untrained_network_on_an_easy_dataset,

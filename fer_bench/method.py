@@ -28,6 +28,7 @@ from torch import nn
 
 import fer_bench
 from fer_bench.data import FERDataset, stratified_holdout
+from fer_bench.evaluation import MetricSpec
 from fer_bench.models import IMAGENET_MEAN, IMAGENET_STD
 from fer_bench.models.backbones import resize_images
 from fer_bench.models.pretrained import check_pretrained, weights_records
@@ -191,6 +192,8 @@ class Method:
     profiles: ClassVar[dict[str, dict[str, Any]]] = {"test": {}, "quick": {}, "paper": {}}
     registered_name: ClassVar[str] = ""
     learns: ClassVar[bool] = True   # False only for reference floors (majority): exempt from "beats the majority"
+    # the figures ``extra_results`` may return (fer_bench.evaluation); a subclass adds to its bases' list
+    extra_metrics: ClassVar[tuple[MetricSpec, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -198,6 +201,10 @@ class Method:
         for base in reversed(cls.__mro__):
             merged.update(base.__dict__.get("params", {}))
         cls.params = merged
+        declared: dict[str, MetricSpec] = {}
+        for base in reversed(cls.__mro__):
+            declared.update({spec.name: spec for spec in base.__dict__.get("extra_metrics", ())})
+        cls.extra_metrics = tuple(declared.values())
         for profile in PROFILES:
             cls.profiles.setdefault(profile, {})
 

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 import fer_bench
-from fer_bench import metrics as M
-from fer_bench.circumplex import circumplex_report
 from fer_bench.data import FERDataset, available_splits, get_dataset, in_label_space, load_dataset, parse_dataset_spec
 from fer_bench.data.decode import dataset_record
 from fer_bench.data.noise import confusion_for, labels_hash, noisy_labels
-from fer_bench.method import Method, ParameterError, TorchMethod
+from fer_bench.evaluation import EvalInputs, evaluate
+from fer_bench.method import ParameterError, TorchMethod
 from fer_bench.registry import get_method, load_plugin_sources
+import fer_bench.reports  # noqa: F401  (registers the built-in reports that evaluate() runs)
 from fer_bench.store import STORE_NAME, Store
 
 log = logging.getLogger(__name__)
@@ -321,19 +321,11 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
     train_emb = method.embed(train)
     position = np.full(train.num_classes, -1)
     position[shared] = np.arange(len(shared))
-    metrics = dict(M.classification_report(position[test.labels], position[pred], len(shared)))
-    metrics.update(M.embedding_report(train_emb, train.labels, test_emb, test.labels, seed=spec.seed))
-    metrics.update(circumplex_report(test_emb, test.labels, test.classes, seed=spec.seed))  # six basic only
-    if test.label_dist is not None:
-        metrics["kl_to_label_dist"] = M.kl_divergence(test.label_dist, proba)
-        metrics["js_to_label_dist"] = M.js_divergence(test.label_dist, proba)
-    metrics.update(_cost_metrics(method, test))
-    metrics.update(method.extra_results(workdir / "extra", train, test))
+    metrics = evaluate(EvalInputs(scored_true=position[test.labels], scored_pred=position[pred], num_scored=len(shared),
+                                  seed=spec.seed, proba=proba, test_emb=test_emb, train_emb=train_emb, train=train,
+                                  val=val, test=test, method=method, workdir=workdir))
     train_info = getattr(method, "train_info_", {})
-    metrics.update({k: float(train_info[k]) for k in BUDGET_METRICS if k in train_info})
     curve = train_info.get("curve", [])
-    if val is not None and curve and "val_accuracy" in curve[-1]:
-        metrics.update(floor_metrics(train.labels, val.labels, curve[-1]["val_accuracy"]))
     info.update(selection=getattr(method, "selection_", "n/a"), selection_rule=getattr(method, "selection_rule_", "n/a"),
                 history=train_info.get("history", []), resumed_from_epoch=train_info.get("resumed_from_epoch", 0),
                 device=str(getattr(method, "device_", "cpu")), classes=list(train.classes), weights=method.weights_used(),
@@ -369,20 +361,6 @@ class PhaseClock:
 
 
 # the training budget and cost of a cell (DESIGN.md section 9), copied from the trainer's report
-BUDGET_METRICS = ("train_steps", "train_anchor_images", "train_forward_images", "train_seconds", "train_cpu_seconds",
-                  "train_images_per_s", "train_aux_anchor_images", "train_aux_steps")
-FLOOR_MARGIN = 0.01   # a final validation accuracy within 1 point of the majority class is "at the floor"
-
-
-def floor_metrics(train_labels: np.ndarray, val_labels: np.ndarray, final_val_accuracy: float) -> dict[str, float]:
-    """``val_floor_accuracy`` (the validation accuracy of predicting the training set's majority class),
-    ``final_val_accuracy`` and ``at_floor`` (1.0 when the final accuracy is within ``FLOOR_MARGIN`` of it)."""
-    majority = np.bincount(np.asarray(train_labels)).argmax()
-    floor = float((np.asarray(val_labels) == majority).mean())
-    return {"val_floor_accuracy": floor, "final_val_accuracy": float(final_val_accuracy),
-            "at_floor": float(final_val_accuracy <= floor + FLOOR_MARGIN)}
-
-
 def training_key(spec: CellSpec) -> str:
     """What determines a cell's fitted model: its spec without the test dataset."""
     return dataclasses.replace(spec, test_dataset=None, test_dataset_options={}).cell_id
@@ -399,18 +377,6 @@ def _trained_sibling(spec: CellSpec, workdir: Path) -> Path | None:
         if folder != workdir and marker.read_text() == key and (folder / "model" / "state.pt").is_file():
             return folder
     return None
-
-
-def _cost_metrics(method: Method, test: FERDataset) -> dict[str, float]:
-    out: dict[str, float] = {}
-    model = getattr(method, "model_", None)
-    out["params"] = float(M.parameter_count(model)["total"]) if model is not None else 0.0
-    device = getattr(method, "device_", torch.device("cpu"))
-    for batch in (1, 64):
-        images = test.images[: max(batch * 2, 8)]
-        out[f"infer_ms_per_image_b{batch}"] = M.inference_ms_per_image(method.predict_proba, images, batch)
-    out["peak_memory_mb"] = M.peak_memory_bytes(device) / 2 ** 20
-    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,17 +24,17 @@ import pandas as pd
 from tabulate import tabulate
 
 import fer_bench
+import fer_bench.reports  # noqa: F401  (registers the built-in reports, whose metric specs shape the tables)
 from fer_bench import labels as L
+from fer_bench.evaluation import check_metric_name, headline_specs
+from fer_bench.registry import get_method
 from fer_bench.store import STORE_NAME, Store, init_label
 
 log = logging.getLogger(__name__)
 
 GROUP = ["method", "dataset", "label_noise", "profile", "overrides", "init"]   # init: the initial weights (store.init_label)
-HEADLINE = ["accuracy", "mean_class_accuracy", "macro_f1", "knn_acc", "nmi", "recall@1", "map@r",
-            "kl_to_label_dist", "circumplex_tau", "train_steps", "train_anchor_images", "train_seconds",
-            "train_cpu_seconds", "params"]
-UNSCALED = ("train_seconds", "train_cpu_seconds", "train_steps", "train_anchor_images", "params", "kl_to_label_dist",
-            "circumplex_tau")  # shown as they are, not in %
+# The run summary's metric columns, their scale and decimals: the metric registry's headline specs.
+HEADLINE = {spec.name: spec for spec in headline_specs()}
 
 
 def summarize(long: pd.DataFrame) -> pd.DataFrame:
@@ -62,9 +62,8 @@ def summary_markdown(summary: pd.DataFrame, failures: list[dict[str, Any]]) -> s
             if row["metric"] not in HEADLINE:
                 continue
             key = tuple(row[g] for g in GROUP)
-            percent = row["metric"] not in UNSCALED
-            digits = 0 if row["metric"] in ("params", "train_steps", "train_anchor_images") else 2
-            text = format_mean_std(row["mean"], row["std"], int(row["n"]), 100.0 if percent else 1.0, digits)
+            spec = HEADLINE[row["metric"]]
+            text = format_mean_std(row["mean"], row["std"], int(row["n"]), 100.0 if spec.percent else 1.0, spec.digits)
             wide.setdefault(key, {})[row["metric"]] = text
         floor = {tuple(r[g] for g in GROUP): (int(round(r["mean"] * r["n"])), int(r["n"]))
                  for _, r in summary[summary["metric"] == "at_floor"].iterrows()}
@@ -72,7 +71,7 @@ def summary_markdown(summary: pd.DataFrame, failures: list[dict[str, Any]]) -> s
         flagged = any(k for k, _ in floor.values())
         rows = [[*key, *(wide[key].get(m, "") for m in metrics)] + ([_floor_flag(floor.get(key))] if flagged else [])
                 for key in sorted(wide, key=str)]
-        headers = GROUP + [m + (" (%)" if m not in UNSCALED else "") for m in metrics] + (["at floor"] if flagged else [])
+        headers = GROUP + [m + (" (%)" if HEADLINE[m].percent else "") for m in metrics] + (["at floor"] if flagged else [])
         lines.append(tabulate(rows, headers=headers, tablefmt="github"))
         if flagged:
             lines += ["", "at floor: seeds whose final validation accuracy is within 1 point of the majority class's; "
@@ -315,12 +314,21 @@ def load_benchmark(path: str | Path) -> dict[str, Any]:
             _check_keys(grid, GRID_KEYS, f"{path.name} table {table.get('name')!r} grid")
             if "methods" not in grid:
                 raise ValueError(f"{path.name} table {table['name']!r}: a grid has no 'methods' list.")
+        _check_table_metrics(table, path.name)
         for entry in table.get("published", []) or []:
             if "source" not in entry or "value" not in entry:
                 raise ValueError(f"{path.name} table {table['name']!r}: every published number needs 'value' and "
                                  f"'source' (paper, table, protocol); got {entry}.")
     spec.setdefault("name", path.stem)
     return spec
+
+
+def _check_table_metrics(table: dict[str, Any], filename: str) -> None:
+    """Each metric a table names is a registered metric or one its methods declare (``extra_metrics``)."""
+    methods = {get_method(m) for grid in _grids(table) for m in grid["methods"]}
+    metrics = [table["metric"]] if isinstance(table["metric"], str) else list(table["metric"])
+    for name in metrics:
+        check_metric_name(name, f"{filename} table {table['name']!r}", methods)
 
 
 def _check_keys(mapping: dict, allowed: set[str], where: str) -> None:

@@ -50,7 +50,6 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -59,6 +58,7 @@ from torch import nn
 
 from fer_bench import clustering as PC
 from fer_bench.data import FERDataset
+from fer_bench.evaluation import MetricSpec
 from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, ParameterError, TorchMethod
 from fer_bench.models.pretrained import SYNTHETIC_FACES, load_trunk, record_of
 from fer_bench.registry import register_method
@@ -281,6 +281,21 @@ class PaCaViT(nn.Module):
 @register_method("paca")
 class PaCa(TorchMethod):
     """ViT with patch-to-cluster attention on per-image clusterings of frozen patch embeddings."""
+
+    extra_metrics = (
+        MetricSpec("train_seconds_per_epoch", "training wall seconds per epoch", percent=False, higher_is_better=None),
+        MetricSpec("cluster_seconds_{split}", "seconds of the per-image clustering of a split (first computation)",
+                   percent=False, higher_is_better=None),
+        MetricSpec("cluster_ms_per_image_{split}", "milliseconds of clustering per image",
+                   percent=False, higher_is_better=None),
+        MetricSpec("mean_nonempty_clusters_{split}", "clusters with at least one patch, mean over images",
+                   percent=False, higher_is_better=None),
+        MetricSpec("frac_images_with_empty_clusters_{split}", "images with an empty cluster",
+                   percent=True, higher_is_better=None),
+        MetricSpec("{statistic}_per_image_{split}", "clustering health per image: spectral_disconnected, "
+                   "spectral_all_zero, hdbscan_noise_points, hdbscan_clusters, hdbscan_more_than_k",
+                   percent=False, higher_is_better=None),
+    )
 
     params = {
         "backbone": Param("resnet50", str, doc="frozen patch-embedding network (fer_bench.models.BACKBONES)"),

@@ -27,6 +27,7 @@ from torch import nn
 
 import fer_bench.models.qcs_blocks as QB
 from fer_bench.data import FERDataset
+from fer_bench.evaluation import MetricSpec
 from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, ParameterError, TorchMethod
 from fer_bench.models import build_backbone
 from fer_bench.registry import register_method
@@ -87,6 +88,14 @@ class _CrossSimilarity(TorchMethod):
     """Shared by QCS (4 branches) and DCS (2 branches); see the module docstring."""
 
     branches: ClassVar[int] = 4
+    extra_metrics = (
+        MetricSpec("train_params", "parameters of the training-time network (with the cross modules)", percent=False,
+                   higher_is_better=None, digits=0),
+        MetricSpec("tanh_theta_scale{s}", "tanh(theta) of the S / D fusion at scale s (Eq. 9)", percent=False,
+                   higher_is_better=None),
+        MetricSpec("accuracy_last_epoch", "test accuracy of the last epoch's weights (select='best_val' runs)"),
+    )
+
     params = {
         "embed_dim": Param(768, int, low=8, doc="token width C (paper 768); a multiple of heads"),
         "heads": Param(8, int, low=1, doc="ViT heads (hard-coded 8 in the official code)"),

@@ -58,6 +58,7 @@ from torch import nn
 from fer_bench import labels as L
 from fer_bench import wordvec
 from fer_bench.data import FERDataset, stratified_holdout
+from fer_bench.evaluation import MetricSpec
 from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, TorchMethod
 from fer_bench.models import build_backbone
 from fer_bench.models.pretrained import SYNTHETIC_FACES, weights_records
@@ -217,6 +218,34 @@ class _SemanticStage(TorchMethod):
 @register_method("sceald")
 class SCEALD(TorchMethod):
     """SCE-ALD: CE + CE on label distributions amended by semantic class-relation confidences."""
+
+    extra_metrics = (
+        MetricSpec("ld_entropy_mean", "mean entropy of the amended training label distributions",
+                   percent=False, higher_is_better=None),
+        MetricSpec("alpha_mean", "mean confidence alpha of the training images", percent=False, higher_is_better=None),
+        MetricSpec("alpha_clean_mean", "mean alpha of the images whose label noise left clean",
+                   percent=False, higher_is_better=None),
+        MetricSpec("alpha_noisy_mean", "mean alpha of the images with a noisy label",
+                   percent=False, higher_is_better=None),
+        MetricSpec("alpha_auc_clean_vs_noisy", "ROC AUC of alpha separating clean from noisy labels",
+                   percent=False, higher_is_better=True),
+        MetricSpec("ld_top1_is_label", "share of amended distributions whose top class is the trained label",
+                   percent=True, higher_is_better=None),
+        MetricSpec("noise_rate_seen", "share of noisy labels in the training labels used",
+                   percent=True, higher_is_better=None),
+        MetricSpec("noisy_recovered_top{n}", "share of noisy labels whose true class is in the amended top n",
+                   percent=True, higher_is_better=True),
+        MetricSpec("blended_fraction", "share of images whose true distribution blends two classes",
+                   percent=True, higher_is_better=None),
+        MetricSpec("ld_kl_to_truth", "KL(true distribution || amended distribution)",
+                   percent=False, higher_is_better=False),
+        MetricSpec("ld_top1_agrees_truth", "top class of the amended distribution = true top class",
+                   percent=True, higher_is_better=True),
+        MetricSpec("ld_top2_agrees_truth_blended", "top-2 classes agree, over blended images",
+                   percent=True, higher_is_better=True),
+        MetricSpec("test_ld_{statistic}", "an ld_* statistic above, of the test split's amended distributions",
+                   percent=False, higher_is_better=None),
+    )
 
     params = {
         "beta": Param(0.7, float, low=0.0, high=1.0, doc="Eq. 7 weight of the one-hot CE; 1 = Baseline"),
@@ -547,7 +576,6 @@ def write_report(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     of the clean run and of the noisy run, seed 0). Run:
     ``python -c "from fer_bench_methods.sceald import write_report; write_report('results/sceald/run', 'results/sceald')"``
     """
-    import pandas as pd
     from tabulate import tabulate
 
     from fer_bench import plots as P

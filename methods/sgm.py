@@ -61,6 +61,7 @@ import fer_bench.models.sgm_backbones  # noqa: F401  (registers fmpnet, cvgg13, 
 from fer_bench import labels as L
 from fer_bench import metrics as M
 from fer_bench.data import FERDataset
+from fer_bench.evaluation import MetricSpec
 from fer_bench.method import (QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, EmbeddingMethod, Param, ParameterError, class_means,
                               gaussian_logits)
 from fer_bench.models import build_backbone
@@ -241,6 +242,10 @@ class EmbeddingNet(nn.Module):
 class MetricEmbedding(EmbeddingMethod):
     """Shared part of SGM and Triplet: the embedding net; the kNN / centroid classifier is the base's."""
 
+    extra_metrics = (
+        MetricSpec("knn_f1@{k}", "F1 (of macro P and R) of the k-NN classifier, test split (Figure 5)"),
+        MetricSpec("ncm_acc", "accuracy of the nearest training-class mean (Eq. 5)"),
+    )
     params: ClassVar[dict[str, Param]] = {
         "embedding_dim": Param(64, int, low=1, doc="embedding dimension (the paper's 64)"),
         "knn_k": Param(11, int, low=1, doc="neighbours of the kNN classifier (Table 2: 11)"),
@@ -384,6 +389,12 @@ class DGMS(SGM):
     (l >= 2) the current embeddings of the training set are split by EM and training continues on the
     sub-classes (same network and optimizer: a warm start, as ``train_mitosis.py``).
     """
+
+    extra_metrics = (
+        MetricSpec("dgms_subclasses", "sub-classes after the last level", percent=False, higher_is_better=None,
+                   digits=0),
+        MetricSpec("dgms_variant_nmi_{split}", "within-class NMI of the sub-classes with the generator's variants"),
+    )
 
     params: ClassVar[dict[str, Param]] = {
         "levels": Param(5, int, low=1, doc="L: the last level splits each class into up to L sub-classes"),

@@ -47,15 +47,15 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_bench import labels as L
 from fer_bench.data import FERDataset
+from fer_bench.evaluation import MetricSpec
 from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, EmbeddingMethod, Param, ParameterError
 from fer_bench.models import WeightsUnavailable, build_backbone
 from fer_bench.models.pretrained import SYNTHETIC_FACES, load_trunk
@@ -152,6 +152,17 @@ def small3(width: int = 32, pool_conv3: bool = False, batchnorm: bool = False) -
 @register_method("siamese")
 class Siamese(EmbeddingMethod):
     """Siamese network in a 2-D similarity space trained with the contrastive loss on same / different pairs."""
+
+    extra_metrics = (
+        MetricSpec("siamese_imagenet_init", "1 when the trunk started from ImageNet weights",
+                   percent=False, higher_is_better=None),
+        MetricSpec("siamese_same_pair_fraction", "share of same-class pairs among the training pairs",
+                   percent=True, higher_is_better=None),
+        MetricSpec("siamese_final_train_loss", "contrastive loss of the last epoch",
+                   percent=False, higher_is_better=False),
+        MetricSpec("siamese_frozen_stage_loss", "contrastive loss at the end of the frozen-trunk stage",
+                   percent=False, higher_is_better=False),
+    )
 
     params = {
         "trunk": Param("alexnet3", str, choices=("alexnet3", "small3"),

@@ -92,6 +92,17 @@ def test_plugin_example_from_the_readme_runs_through_the_cli(tmp_path):
     assert "focal on" in proc.stdout and ": done in" in proc.stdout
 
 
+def test_metric_plugin_example_from_the_readme_adds_its_metric_to_every_cell(tmp_path):
+    example = (ROOT / "examples" / "brier_metric.py").read_text()
+    assert example.strip() in (ROOT / "README.md").read_text(), "the README must show examples/brier_metric.py verbatim"
+    out = tmp_path / "run"
+    fer_bench("run", "--plugin", "examples/brier_metric.py", "--methods", "majority", "--profile", "test",
+              "--dataset", TINY, "--out", str(out), "--device", "cpu")
+    with sqlite3.connect(out / "results.sqlite") as db:
+        (value,) = db.execute("SELECT value FROM metrics WHERE name = 'brier'").fetchone()
+    assert 0.0 < value < 2.0
+
+
 @pytest.mark.parametrize("args, message", [
     (["run", "--methods", "baselin"], "Unknown method 'baselin'. Did you mean 'baseline'?"),
     (["run", "--dataset", "synthetc"], "Unknown dataset 'synthetc'. Did you mean 'synthetic'?"),
