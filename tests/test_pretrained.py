@@ -16,6 +16,7 @@ from fer_bench import registry
 from fer_bench.data import synthetic as S
 from fer_bench.method import ParameterError, TorchMethod
 from fer_bench.models import build_backbone
+from fer_bench.models import named_weights
 from fer_bench.models import pretrained as P
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def test_a_changed_file_is_refused(tmp_path, monkeypatch):
     data = bytearray((folder / entry["file"]).read_bytes())
     data[-1] ^= 1
     (folder / entry["file"]).write_bytes(bytes(data))
-    monkeypatch.setattr(P, "WEIGHTS_DIR", folder)
+    monkeypatch.setattr(named_weights, "WEIGHTS_DIR", folder)   # where the shipped files are read
     with pytest.raises(ValueError, match="sha256"):
         build_backbone("smallcnn", pretrained="synthetic-faces", in_size=48)
 

@@ -29,6 +29,8 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from fer_bench.models.named_weights import SYNTHETIC_FACES, allowed_values, file_record, synthetic_faces_state
+
 log = logging.getLogger(__name__)
 
 
@@ -373,18 +375,17 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, in_si
 
 def load_weights(model: Backbone, pretrained: str | os.PathLike, strict: bool = True) -> None:
     """Load "imagenet" or a state_dict file into ``model`` (see ``build_backbone``)."""
-    from fer_bench.models import pretrained as P
     name = pretrained.lower() if isinstance(pretrained, str) else None
     if name == "imagenet":
         state, source = imagenet_state_dict(model), f"ImageNet ({model.imagenet_weights})"
         record = imagenet_record(model)
         strict = True                                   # torchvision's files match exactly by construction
-    elif name == P.SYNTHETIC_FACES:
-        state, record = P.synthetic_faces_state(model.name)
-        source, strict = f"{P.SYNTHETIC_FACES} ({model.name})", True
+    elif name == SYNTHETIC_FACES:
+        state, record = synthetic_faces_state(model.name)
+        source, strict = f"{SYNTHETIC_FACES} ({model.name})", True
     else:
         pretrained = resolve_weights_file(pretrained)      # "ir50.pth" -> <weights folder>/ir50.pth
-        state, source, record = read_state_file(pretrained), str(pretrained), P.file_record(pretrained)
+        state, source, record = read_state_file(pretrained), str(pretrained), file_record(pretrained)
     apply_state_dict(model, state, source, strict=strict)
     model.weights_record_ = record
 
@@ -458,7 +459,6 @@ def read_state_file(path: str | os.PathLike) -> dict[str, Any]:
     """A state_dict from a file: the dict itself, or its 'state_dict' / 'model' entry; 'module.' stripped."""
     path = Path(path).expanduser()
     if not path.is_file():
-        from fer_bench.models.pretrained import allowed_values
         raise FileNotFoundError(f"Weights file {str(path)!r} does not exist and is no weights name; pass "
                                 f"pretrained={allowed_values()}.")
     try:
