@@ -27,6 +27,7 @@ import fer_bench
 import fer_bench.reports  # noqa: F401  (registers the built-in reports, whose metric specs shape the tables)
 from fer_bench import labels as L
 from fer_bench.evaluation import check_metric_name, headline_specs
+from fer_bench.paper_layout import LAYOUT_KEYS, layout_fields, layout_markdown
 from fer_bench.registry import get_method
 from fer_bench.store import STORE_NAME, Store, init_label
 
@@ -289,7 +290,7 @@ def _slug(text: str) -> str:
 # Paper tables from benchmark files
 
 BENCHMARK_KEYS = {"name", "title", "description", "reuse", "figures", "tables"}
-TABLE_KEYS = {"name", "title", "metric", "scale", "rows", "grid", "published", "notes"}
+TABLE_KEYS = {"name", "title", "metric", "scale", "rows", "layout", "grid", "published", "notes"}
 GRID_KEYS = {"methods", "datasets", "test_datasets", "seeds", "profile", "label_noise", "noise_kind", "noise_matrix",
              "set", "budget"}
 
@@ -315,6 +316,8 @@ def load_benchmark(path: str | Path) -> dict[str, Any]:
             if "methods" not in grid:
                 raise ValueError(f"{path.name} table {table['name']!r}: a grid has no 'methods' list.")
         _check_table_metrics(table, path.name)
+        _check_keys(table.get("layout") or {}, LAYOUT_KEYS, f"{path.name} table {table.get('name')!r} layout")
+        layout_fields(table)
         for entry in table.get("published", []) or []:
             if "source" not in entry or "value" not in entry:
                 raise ValueError(f"{path.name} table {table['name']!r}: every published number needs 'value' and "
@@ -427,16 +430,20 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
             frame = paper_table(table, long)
             csv_path = out_dir / f"{table['name']}.csv"
             _atomic_write(csv_path, frame.to_csv(index=False, float_format="%.4f"))
-            shown = frame.drop(columns=["ours_mean", "ours_std", "n"])
-            shown = shown.astype(object).where(shown.notna(), None)  # no published number: "—", not "nan"
             metric = table["metric"] if isinstance(table["metric"], str) else ", ".join(table["metric"])
             title = f"## {table.get('title', table['name'])}\n\nMetric: {metric} (x{table.get('scale', 100)})\n\n"
             notes = f"\n{table['notes'].strip()}\n" if table.get("notes") else ""
-            _atomic_write(csv_path.with_suffix(".md"),
-                          title + tabulate(shown, headers="keys", tablefmt="github", showindex=False,
-                                           floatfmt=".2f", missingval="—") + "\n" + notes)
+            sources = _sources_line(frame)
+            body = layout_markdown(table, frame, long, float(table.get("scale", 100.0)))
+            _atomic_write(csv_path.with_suffix(".md"), title + body + sources + notes)
             written += [csv_path, csv_path.with_suffix(".md")]
     return written
+
+
+def _sources_line(frame: pd.DataFrame) -> str:
+    """The distinct sources of the published numbers, one line each."""
+    sources = list(dict.fromkeys(str(s) for s in frame["source"] if pd.notna(s)))
+    return ("\nPublished numbers: " + "; ".join(sources) + ".\n") if sources else ""
 
 
 def copy_cell_figures(store: Store, run_dir: Path, dest: Path, ids: list[str], methods: set[str]) -> list[Path]:
