@@ -215,6 +215,8 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
         interrupted(run_dir)
     summary = write_run_outputs(run_dir, specs, tsne=tsne)
     click.echo(summary)
+    from fer_bench.report import write_report
+    click.echo(f"report: {write_report(run_dir)}")
     failed = len(outcome["failed"]) + len(outcome["failed_before"])
     if failed:
         earlier = f" ({len(outcome['failed_before'])} in an earlier run, skipped)" if outcome["failed_before"] else ""
@@ -248,7 +250,20 @@ def _noise_matrix_option(kind: str, path: str | None) -> dict | None:
 def plot(run_dir: str, tsne: bool) -> None:
     """Regenerate a run directory's figures and summaries from its store (no training)."""
     from fer_bench.tables import write_run_outputs
+    from fer_bench.report import write_report
     click.echo(write_run_outputs(Path(run_dir), None, tsne=tsne))
+    click.echo(f"report: {write_report(Path(run_dir))}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--results", type=click.Path(), default="results", show_default=True,
+              help="Results root folder (for a benchmark file).")
+@one_line_errors
+def report(path: str, results: str) -> None:
+    """Write one self-contained report.html for a run directory or a benchmark file (no training)."""
+    from fer_bench.report import write_report
+    click.echo(f"report: {write_report(Path(path), results)}")
 
 
 @main.command()
@@ -285,6 +300,8 @@ def tables(ctx: click.Context, benchmark: str, no_run: bool, results: str, data_
         interrupted(Path(results) / load_benchmark(benchmark)["name"] / "run")
     for path in written:
         click.echo(f"wrote {path}")
+    from fer_bench.report import write_report
+    click.echo(f"report: {write_report(Path(benchmark), results)}")
 
 
 @main.group()

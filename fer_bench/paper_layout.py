@@ -62,8 +62,10 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def layout_markdown(table: dict[str, Any], frame: pd.DataFrame, long: pd.DataFrame, scale: float) -> str:
-    """The table's Markdown body in the paper's layout (see the module docstring)."""
+def layout_markdown(table: dict[str, Any], frame: pd.DataFrame, long: pd.DataFrame, scale: float,
+                    tablefmt: str = "github") -> str:
+    """The table's Markdown body in the paper's layout (see the module docstring); ``tablefmt`` "html" renders
+    its tables as HTML (the report page)."""
     row_fields, col_fields = layout_fields(table)
     layout = table.get("layout") or {}
     order = layout.get("order") or {}
@@ -93,14 +95,14 @@ def layout_markdown(table: dict[str, Any], frame: pd.DataFrame, long: pd.DataFra
         body = [[*map(_text, r), *(_ours_cell(index.get((r, c)), r, c, table, long, row_fields, col_fields,
                                               scale, notes) for c in our_cols)] for r in rows]
         common, headers = _headers(our_cols, col_fields, "ours")
-        blocks.append(common + tabulate(body, headers=[*row_fields, *headers], tablefmt="github",
+        blocks.append(common + tabulate(body, headers=[*row_fields, *headers], tablefmt=tablefmt,
                                         disable_numparse=True))
     if published_cols:
         rows = sort_keys([r for r, c in index if c in published_cols], row_fields, paper_first)
         body = [[*map(_text, r), *(_published_cell(index.get((r, c))) for c in published_cols)] for r in rows]
         title = "Published only (columns not run here):" if our_cols else "Published (nothing of ours run yet):"
         common, headers = _headers(published_cols, col_fields, "published")
-        blocks.append(title + "\n\n" + common + tabulate(body, headers=[*row_fields, *headers], tablefmt="github",
+        blocks.append(title + "\n\n" + common + tabulate(body, headers=[*row_fields, *headers], tablefmt=tablefmt,
                                                          disable_numparse=True))
     legend = ("Cells: ours as mean ± std over seeds (n=seeds); [published; Δ ours − published] where the paper "
               "reports the same row and column.")

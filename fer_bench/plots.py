@@ -488,3 +488,25 @@ def plot_learning_curves(curves: pd.DataFrame, path: str | os.PathLike, title: s
     axes[0].legend(loc="best", fontsize="small")
     fig.suptitle(title or "learning curves (one line per seed)")
     return _save(fig, target)
+
+
+def plot_accuracy_vs_cost(points: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
+    """Test accuracy against training CPU-seconds, one point per grid point with its std over seeds as error
+    bars on both axes. ``points``: columns ``label``, ``cpu_seconds``, ``cpu_std``, ``accuracy``, ``accuracy_std``
+    (fractions)."""
+    target = _png_path(path)
+    need = {"label", "cpu_seconds", "cpu_std", "accuracy", "accuracy_std"}
+    if points.empty or not need <= set(points.columns):
+        raise ValueError(f"points needs rows with columns {sorted(need)}; got {list(points.columns)}.")
+    fig = _new_figure(7.5, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, row in enumerate(points.itertuples()):
+        ax.errorbar(row.cpu_seconds, 100 * row.accuracy, xerr=row.cpu_std, yerr=100 * row.accuracy_std,
+                    color=PALETTE[i % len(PALETTE)], marker=MARKERS[i % len(MARKERS)], capsize=3, linestyle="none",
+                    label=row.label)
+    ax.set_xlabel("training CPU-seconds per cell")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    ax.set_title(title or "accuracy against training cost (mean ± std over seeds)")
+    return _save(fig, target)

@@ -54,8 +54,9 @@ def format_mean_std(mean: float, std: float, n: int | None, scale: float = 1.0, 
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" + (f" (n={n})" if n is not None else "")
 
 
-def summary_markdown(summary: pd.DataFrame, failures: list[dict[str, Any]]) -> str:
-    """One row per grid point, the headline metrics as columns (accuracy-like metrics in %)."""
+def summary_markdown(summary: pd.DataFrame, failures: list[dict[str, Any]], tablefmt: str = "github") -> str:
+    """One row per grid point, the headline metrics as columns (accuracy-like metrics in %); ``tablefmt``
+    "html" gives the same table as HTML (the report page)."""
     lines = []
     if not summary.empty:
         wide = {}
@@ -73,7 +74,7 @@ def summary_markdown(summary: pd.DataFrame, failures: list[dict[str, Any]]) -> s
         rows = [[*key, *(wide[key].get(m, "") for m in metrics)] + ([_floor_flag(floor.get(key))] if flagged else [])
                 for key in sorted(wide, key=str)]
         headers = GROUP + [m + (" (%)" if HEADLINE[m].percent else "") for m in metrics] + (["at floor"] if flagged else [])
-        lines.append(tabulate(rows, headers=headers, tablefmt="github"))
+        lines.append(tabulate(rows, headers=headers, tablefmt=tablefmt))
         if flagged:
             lines += ["", "at floor: seeds whose final validation accuracy is within 1 point of the majority class's; "
                           "read their learning curves (plots/curves_*.png) before comparing them."]
