@@ -225,6 +225,78 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
         sys.exit(1)
 
 
+@main.command()
+@click.option("--methods", required=True, help="Comma-separated method names; each gets the same search.")
+@click.option("--dataset", default="synthetic", show_default=True, help="NAME[:opt=value,...].")
+@click.option("--data-root", type=click.Path(), default=None, help="Folder of a downloaded dataset (or $FER_BENCH_DATA).")
+@click.option("--trials", type=int, default=12, show_default=True, help="Trials per method.")
+@click.option("--seeds", default="0,1,2", show_default=True,
+              help="Seeds of the tuned configuration's final cells; trials use the first.")
+@click.option("--profile", type=click.Choice(PROFILES), default="quick", show_default=True)
+@click.option("--space", "spaces", multiple=True,
+              help="method.param=log:LOW:HIGH | uniform:LOW:HIGH | int:LOW:HIGH | choice:A|B (over the declared range).")
+@click.option("--set", "sets", multiple=True, help="method.param=value held fixed in every trial; * for all methods.")
+@click.option("--budget", default=None, help="epochs=N: the training budget of every trial and final cell.")
+@click.option("--sampler-seed", type=int, default=0, show_default=True, help="Seed of the TPE sampler.")
+@click.option("--parallel-trials", type=int, default=2, show_default=True,
+              help="Trials asked at once per method (cells in flight); part of what makes a search reproducible.")
+@click.option("--out", type=click.Path(), default="runs/tune", show_default=True, help="Run directory.")
+@click.option("--device", default="auto", show_default=True)
+@executor_options
+@click.option("--plugin", "plugins", multiple=True, type=click.Path(), help="A Python file that registers methods.")
+@click.pass_context
+@one_line_errors
+def tune(ctx: click.Context, methods: str, dataset: str, data_root: str | None, trials: int, seeds: str,
+         profile: str, spaces: tuple[str, ...], sets: tuple[str, ...], budget: str | None, sampler_seed: int,
+         parallel_trials: int, out: str, device: str, executor: str, plugins: tuple[str, ...], **ray: Any) -> None:
+    """Equal-effort tuning: the same TPE search per method on validation, then its best configuration on --seeds."""
+    from fer_bench.method import resolve_device
+    from fer_bench.runner import check_run_dir, parse_budget
+    from fer_bench.tables import write_run_outputs
+    from fer_bench.tuning import parse_space_options, search_space
+    from fer_bench.tuning import tune as run_tuning
+
+    _load_plugins(plugins)
+    method_names = _split_list(methods, str, "methods")
+    for name in method_names:
+        METHODS.get(name)
+    resolve_device(device)
+    if parallel_trials < 1:
+        raise ParameterError(f"--parallel-trials must be at least 1, got {parallel_trials}.")
+    space_texts = parse_space_options(list(spaces), method_names)
+    for name in method_names:
+        search_space(name, space_texts.get(name))               # bad ranges: exit 2 before any trial
+    grid = {"sets": parse_overrides(sets, method_names), "device": device, "data_root": data_root,
+            "budget": parse_budget(budget)}
+    run_dir = check_run_dir(out)
+    runner = make_executor(ctx, executor, plugins, **ray)
+    click.echo(f"fer-bench {fer_bench.__version__}: tuning {', '.join(method_names)} on {dataset}, {trials} trials "
+               f"each -> {run_dir}")
+
+    def report(event: str, spec, result) -> None:
+        where = f"{spec.method} {spec.overrides_label or '(defaults)'} seed {spec.seed}"
+        if result is None:
+            click.echo(f"{where}: {event}")
+        elif result.status == "done":
+            click.echo(f"{where}: validation {result.metrics.get('final_val_accuracy', float('nan')):.4f}, "
+                       f"test {result.metrics.get('accuracy', float('nan')):.4f}")
+        else:
+            click.echo(f"{where}: FAILED: {result.error}")
+
+    try:
+        summary = run_tuning(method_names, dataset, trials, profile, _split_list(seeds, int, "seeds"), run_dir,
+                             runner, space_texts, sampler_seed, grid, report, parallel_trials)
+    except KeyboardInterrupt:
+        interrupted(run_dir)
+    for name, record in summary.items():
+        click.echo(f"{name}: best validation {record['best_value']:.4f} (trial {record['best_trial']}) with "
+                   + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in sorted(record["best_params"].items())))
+    click.echo(write_run_outputs(run_dir, None))
+    from fer_bench.report import write_report
+    click.echo(f"report: {write_report(run_dir)}")
+
+
 def warn_at_floor(spec, result) -> None:
     """Warn when a finished cell's final validation accuracy is within a point of the majority class."""
     m = result.metrics

@@ -27,7 +27,8 @@ from torch import nn
 import fer_bench
 from fer_bench.data import FERDataset, stratified_holdout
 from fer_bench.evaluation import MetricSpec
-from fer_bench.params import InvalidValue, Param, ParameterError, check_values, parse_scalar  # noqa: F401
+from fer_bench.params import InvalidValue, Param, ParameterError, check_values, choice, log_uniform  # noqa: F401
+from fer_bench.params import parse_scalar  # noqa: F401
 from fer_bench.models import IMAGENET_MEAN, IMAGENET_STD
 from fer_bench.models.backbones import resize_images
 from fer_bench.models.pretrained import check_pretrained, weights_records
@@ -35,6 +36,11 @@ from fer_bench.models.pretrained import check_pretrained, weights_records
 log = logging.getLogger(__name__)
 
 PROFILES = ("test", "quick", "paper")
+# The training loop's shared tuning space (fer-bench tune): every torch method searches these the same way.
+SCHEDULERS = ("none", "exponential", "step", "cosine")
+LR_SPACE = log_uniform(1e-4, 1e-2)
+WEIGHT_DECAY_SPACE = choice(0.0, 1e-5, 1e-4, 1e-3)
+SCHEDULE_SPACE = choice("none", "cosine", "exponential")
 
 # The quick profile's training budget, stated once and the same for every method (DESIGN.md section 9):
 # QUICK_EPOCHS passes of anchors over the training set (anchor images = QUICK_EPOCHS x training-set size),
@@ -314,10 +320,10 @@ class TorchMethod(Method):
         "optimizer": Param("adam", choices=("adam", "adamw", "sgd", "sam")),
         "sam_base": Param("sgd", choices=("sgd", "adam"), doc="base optimizer wrapped by SAM"),
         "sam_rho": Param(0.05, float, low=0.0, closed="neither"),
-        "lr": Param(1e-3, float, low=0.0, closed="neither"),
-        "weight_decay": Param(0.0, float, low=0.0),
+        "lr": Param(1e-3, float, low=0.0, closed="neither", search=LR_SPACE),
+        "weight_decay": Param(0.0, float, low=0.0, search=WEIGHT_DECAY_SPACE),
         "momentum": Param(0.9, float, low=0.0, high=1.0, closed="left"),
-        "scheduler": Param("none", choices=("none", "exponential", "step", "cosine")),
+        "scheduler": Param("none", choices=SCHEDULERS, search=SCHEDULE_SPACE),
         "gamma": Param(0.9, float, low=0.0, high=1.0, closed="right"),
         "step_size": Param(10, int, low=1),
         "augment": Param("light", choices=("none", "light", "standard")),

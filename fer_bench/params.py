@@ -1,5 +1,9 @@
 """Declared parameters (``Param``): one declaration language for method parameters and dataset options.
 
+A ``Param`` may also declare its tuning range (``search``: a :class:`Space`, e.g. ``log_uniform(1e-4, 1e-2)``),
+which ``fer-bench tune`` searches; ``parse_space`` reads the command line's form (``log:1e-4:1e-2``,
+``uniform:0:1``, ``int:1:8``, ``choice:a|b``).
+
 A ``Param`` states a default, a type, an interval or a set of allowed values, whether None is allowed and a
 docstring; ``check_values`` checks a mapping of given values against declarations in one voice (the
 scikit-learn habit): "The 'lr' parameter of baseline must be a float in (0, inf). Got -1 instead."
@@ -39,6 +43,7 @@ class Param:
     none_ok: bool = False
     doc: str = ""
     validate: Callable[[Any], None] | None = None   # a further check of the coerced value; raises ValueError(why)
+    search: "Space | None" = None                    # the tuning range (fer-bench tune); None: not tuned
 
     def describe(self) -> str:
         if self.choices is not None:
@@ -130,3 +135,93 @@ def check_values(declared: Mapping[str, Param], given: Mapping[str, Any], owner:
             raise ParameterError(f"The {name!r} {noun} of {owner} must be {spec.describe()}. "
                                  f"Got {value!r} instead.") from None
     return out
+
+
+SPACE_KINDS = ("log", "uniform", "int", "choice")
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """A tuning range: ``log`` / ``uniform`` floats in [low, high], ``int`` in [low, high], or ``choice``."""
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "choice:" + "|".join(str(c) for c in self.choices)
+        return f"{self.kind}:{self.low:g}:{self.high:g}"
+
+    def check(self, name: str, param: Param, owner: str) -> None:
+        """Raise ParameterError unless the range is well formed and every value in it is allowed by ``param``."""
+        where = f"the search space of {owner}.{name} ({self.describe()})"
+        if self.kind not in SPACE_KINDS:
+            raise ParameterError(f"{where}: unknown kind {self.kind!r}; allowed: {', '.join(SPACE_KINDS)}.")
+        if self.kind == "choice":
+            if not self.choices:
+                raise ParameterError(f"{where} is empty; give at least one value, e.g. choice:a|b.")
+            values = self.choices
+        else:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ParameterError(f"{where} is empty or inverted; write low:high with low < high.")
+            if self.kind == "log" and self.low <= 0:
+                raise ParameterError(f"{where}: a log range needs low > 0.")
+            values = (self.low, self.high)
+        for value in values:
+            try:
+                param.check(value)
+            except (ValueError, TypeError):
+                raise ParameterError(f"{where}: {value!r} is outside what {owner}.{name} allows "
+                                     f"({param.describe()}).") from None
+
+    def distribution(self) -> Any:
+        """The Optuna distribution of this range."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+        if self.kind == "choice":
+            return CategoricalDistribution(self.choices)
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high))
+        return FloatDistribution(float(self.low), float(self.high), log=self.kind == "log")
+
+
+def log_uniform(low: float, high: float) -> Space:
+    return Space("log", float(low), float(high))
+
+
+def uniform(low: float, high: float) -> Space:
+    return Space("uniform", float(low), float(high))
+
+
+def int_range(low: int, high: int) -> Space:
+    return Space("int", int(low), int(high))
+
+
+def choice(*values: Any) -> Space:
+    return Space("choice", choices=tuple(values))
+
+
+def parse_space(text: str, param: Param | None = None) -> Space:
+    """``log:1e-4:1e-2``, ``uniform:0:1``, ``int:1:8`` or ``choice:a|b|c`` (choice values coerced by ``param``)."""
+    kind, _, rest = text.strip().partition(":")
+    if kind not in SPACE_KINDS or not rest:
+        raise ParameterError(f"search space {text!r} is not one of log:LOW:HIGH, uniform:LOW:HIGH, int:LOW:HIGH, "
+                             f"choice:A|B; e.g. log:1e-4:1e-2.")
+    if kind == "choice":
+        return Space("choice", choices=tuple(_coerce(v, param) for v in rest.split("|") if v != ""))
+    low, _, high = rest.partition(":")
+    try:
+        return Space(kind, float(low), float(high))
+    except ValueError:
+        raise ParameterError(f"search space {text!r}: LOW and HIGH must be numbers.") from None
+
+
+def _coerce(text: str, param: Param | None) -> Any:
+    """A choice value as ``param`` reads it (``Space.check`` reports one it refuses), else parsed as a scalar."""
+    if param is None:
+        return parse_scalar(text)
+    try:
+        return param.check(text)
+    except (ValueError, TypeError):
+        return text

@@ -28,7 +28,8 @@ from torch import nn
 import fer_bench.models.qcs_blocks as QB
 from fer_bench.data import FERDataset
 from fer_bench.evaluation import MetricSpec
-from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, ParameterError, TorchMethod
+from fer_bench.method import (QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, SCHEDULE_SPACE, SCHEDULERS, Param, ParameterError,
+                              TorchMethod)
 from fer_bench.models import build_backbone
 from fer_bench.registry import register_method
 from fer_bench.train import CHECKPOINT
@@ -123,7 +124,7 @@ class _CrossSimilarity(TorchMethod):
                                 doc="anchors per epoch / train size (official AffectNet: 1/8 DCS, 1/12 QCS)"),
         "optimizer": Param("sam", choices=("adam", "adamw", "sgd", "sam")),
         "sam_base": Param("adam", choices=("sgd", "adam")),
-        "scheduler": Param("exponential", choices=("none", "exponential", "step", "cosine")),
+        "scheduler": Param("exponential", choices=SCHEDULERS, search=SCHEDULE_SPACE),
         "gamma": Param(0.98, float, low=0.0, high=1.0, closed="right"),
         "backbone": Param("ir50_s3", str, doc="a backbone with three stages at m, m/2, m/4 px: ir50_s3, qcs_small"),
     }

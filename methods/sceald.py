@@ -60,6 +60,7 @@ from fer_bench import wordvec
 from fer_bench.data import FERDataset, stratified_holdout
 from fer_bench.evaluation import MetricSpec
 from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, TorchMethod
+from fer_bench.params import uniform
 from fer_bench.models import build_backbone
 from fer_bench.models.pretrained import SYNTHETIC_FACES, weights_records
 from fer_bench.registry import register_method
@@ -248,7 +249,7 @@ class SCEALD(TorchMethod):
     )
 
     params = {
-        "beta": Param(0.7, float, low=0.0, high=1.0, doc="Eq. 7 weight of the one-hot CE; 1 = Baseline"),
+        "beta": Param(0.7, float, low=0.0, high=1.0, search=uniform(0.3, 0.95), doc="Eq. 7 weight of the one-hot CE; 1 = Baseline"),
         "ld_start": Param(0.225, float, low=0.0, high=1.0, closed="left",
                           doc="fraction of epochs before the distribution term starts (paper: epoch 10 of 40)"),
         "word_vectors": Param("default", str, doc="'default' (committed table) or a vector file path"),

@@ -64,6 +64,7 @@ from fer_bench.data import FERDataset
 from fer_bench.evaluation import MetricSpec
 from fer_bench.method import (QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, EmbeddingMethod, Param, ParameterError, class_means,
                               gaussian_logits)
+from fer_bench.params import log_uniform
 from fer_bench.models import build_backbone
 from fer_bench.registry import register_method
 
@@ -296,7 +297,7 @@ class SGM(MetricEmbedding):
     """Structured Gaussian Manifold loss on n-per-class batches; kNN or Gaussian-posterior classifier."""
 
     params: ClassVar[dict[str, Param]] = {
-        "sigma": Param(0.5, float, low=0.0, closed="neither", doc="std of the class Gaussians (the paper's 0.5)"),
+        "sigma": Param(0.5, float, low=0.0, closed="neither", search=log_uniform(0.1, 2.0), doc="std of the class Gaussians (the paper's 0.5)"),
         "batches_per_epoch": Param(None, int, low=1, none_ok=True,
                                    doc="None: len(train) // (n_per_class * classes)"),
         "classifier": Param("knn", choices=("knn", "gaussian"),
@@ -336,7 +337,7 @@ class Triplet(MetricEmbedding):
     """
 
     params: ClassVar[dict[str, Param]] = {
-        "margin": Param(1.0, float, low=0.0, closed="neither", doc="triplet margin on raw Euclidean distances"),
+        "margin": Param(1.0, float, low=0.0, closed="neither", search=log_uniform(0.05, 2.0), doc="triplet margin on raw Euclidean distances"),
         "sampling": Param("random", choices=("random", "batch_all"),
                           doc="random: offline random triplets (paper); batch_all: every triplet of a class-balanced batch"),
         "triplets_per_batch": Param(128, int, low=1, doc="sampling='random': triplets per step (the paper's 128)"),

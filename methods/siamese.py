@@ -57,6 +57,7 @@ from torch import nn
 from fer_bench.data import FERDataset
 from fer_bench.evaluation import MetricSpec
 from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, EmbeddingMethod, Param, ParameterError
+from fer_bench.params import log_uniform
 from fer_bench.models import WeightsUnavailable, build_backbone
 from fer_bench.models.pretrained import SYNTHETIC_FACES, load_trunk
 from fer_bench.registry import register_method
@@ -178,7 +179,7 @@ class Siamese(EmbeddingMethod):
                            doc="fully connected layers: Xavier uniform, zero bias (paper); torch: PyTorch's default "
                                "(Kaiming uniform, a=sqrt(5)), about half Xavier's scale on fc4"),
         "dropout": Param(0.5, float, low=0.0, high=1.0, closed="left", doc="after fc4 and fc5 (rate assumed)"),
-        "margin": Param(1.0, float, low=0.0, closed="neither"),
+        "margin": Param(1.0, float, low=0.0, closed="neither", search=log_uniform(0.25, 4.0)),
         "pairs": Param("batch", str, choices=("batch", "sampled"),
                        doc="batch: all pairs within each batch; sampled: explicit pairs, batch_size/2 per batch"),
         "same_fraction": Param(None, float, low=0.0, high=1.0, none_ok=True,

@@ -1,0 +1,142 @@
+"""Equal-effort tuning (``fer-bench tune``, issue #22): every method gets the same search on validation data.
+
+After "A Metric Learning Reality Check" (Musgrave, Belongie and Lim, ECCV 2020): the same number of trials, the
+same sampler (Optuna's TPE, seeded) and validation-only scores for every method. Each method searches the
+``search`` ranges its ``Param``s declare (the training loop's lr, weight decay and schedule are shared by every
+torch method; a method adds its own, e.g. a margin), which ``--space method.param=log:1e-4:1e-2`` overrides.
+
+A trial is a normal cell of the run's trial store (``<run>/trials/results.sqlite``) at the run's profile and
+budget, its first seed, scored by its final validation accuracy (``final_val_accuracy``; the test split is never
+read for selection). The driver holds each study (SQLite storage ``<run>/trials/tuning.sqlite``: a killed tuning
+resumes, finished trials are not rerun, a trial asked but not told is looked up in the store or run again; the
+sampler is reseeded from the trial's index before each ask, so a resumed search proposes exactly what an
+uninterrupted one would) and
+asks as many trials at a time as the executor runs cells at once, so ``--executor ray`` spreads trials over a
+cluster with the same ask / tell loop. A failed trial (NaN loss, out of memory) is told as failed and the search
+goes on. Then the best configuration of each method is trained on the run's seeds and tested (cells of the run's
+own store, tagged ``tuned`` in ``<run>/tuning.json`` with the search history).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from fer_bench.fileio import atomic_write_text
+from fer_bench.params import ParameterError, Space, parse_space
+from fer_bench.registry import get_method
+from fer_bench.runner import CellSpec, expand_grid, run_grid
+from fer_bench.store import STORE_NAME, Store
+
+log = logging.getLogger(__name__)
+
+TRIALS_DIR = "trials"
+STUDY_FILE = "tuning.sqlite"
+SUMMARY_FILE = "tuning.json"
+SCORE = "final_val_accuracy"
+
+
+def search_space(method: str, given: dict[str, str] | None = None) -> dict[str, Space]:
+    """The declared ranges of ``method`` with the ``--space`` texts ``given`` ({param: "log:1e-4:1e-2"}) over
+    them; ParameterError (a usage error) for an unknown parameter or a bad range, before any trial."""
+    cls = get_method(method)
+    space = {name: p.search for name, p in cls.params.items() if p.search is not None}
+    for name, text in (given or {}).items():
+        if name not in cls.params:
+            raise ParameterError(f"--space {method}.{name}: {cls.display_name()} has no parameter {name!r}; "
+                                 f"allowed: {', '.join(sorted(cls.params))}.")
+        space[name] = parse_space(text, cls.params[name])
+    for name, spec in space.items():
+        spec.check(name, cls.params[name], cls.display_name())
+    if not space:
+        raise ParameterError(f"{cls.display_name()} declares nothing to tune; give it ranges with "
+                             f"--space {method}.PARAM=log:LOW:HIGH or leave it out of --methods.")
+    return space
+
+
+def parse_space_options(items: list[str], methods: list[str]) -> dict[str, dict[str, str]]:
+    """``["triplet.margin=log:0.05:2"]`` -> ``{"triplet": {"margin": "log:0.05:2"}}`` ('*' for every method)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        target, eq, value = item.partition("=")
+        method, dot, param = target.partition(".")
+        if not eq or not dot or not value:
+            raise ParameterError(f"--space {item!r} is not of the form method.param=KIND:...; "
+                                 f"write e.g. --space baseline.lr=log:1e-4:1e-2.")
+        if method != "*" and method not in methods:
+            raise ParameterError(f"--space {item!r} names method {method!r}, which is not in this run "
+                                 f"({', '.join(methods)}).")
+        for name in (methods if method == "*" else [method]):
+            if method != "*" or param in get_method(name).params:
+                out.setdefault(name, {})[param] = value
+    return out
+
+
+def _trial_spec(method: str, dataset: str, profile: str, seed: int, params: dict[str, Any], grid: dict) -> CellSpec:
+    sets = {**grid.get("sets", {}).get(method, {}), **grid.get("sets", {}).get("*", {})}
+    overrides = {method: {**{k: str(v) for k, v in sets.items()}, **{k: repr(v) if isinstance(v, float) else str(v)
+                                                                      for k, v in params.items()}}}
+    return expand_grid([method], [dataset], [seed], [0.0], profile, overrides, grid.get("device", "auto"),
+                       grid.get("data_root"), budget=grid.get("budget"), threads=grid.get("threads", 1))[0]
+
+
+def tune(methods: list[str], dataset: str, trials: int, profile: str, seeds: list[int], run_dir: Path,
+         executor: Any, spaces: dict[str, dict[str, str]] | None = None, sampler_seed: int = 0,
+         grid: dict | None = None, on_event: Callable | None = None, parallel: int = 1) -> dict[str, Any]:
+    """Tune each method with ``trials`` trials, then train its best configuration on ``seeds``; returns (and
+    writes to ``<run_dir>/tuning.json``) per method the space, the best parameters and value and the history."""
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    if trials < 1:
+        raise ParameterError(f"--trials must be at least 1, got {trials}.")
+    grid = grid or {}
+    resolved = {m: search_space(m, (spaces or {}).get(m)) for m in methods}       # every usage error first
+    trial_dir = run_dir / TRIALS_DIR
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(trial_dir / STUDY_FILE).resolve()}")
+    summary: dict[str, Any] = {}
+    final: list[CellSpec] = []
+    for method in methods:
+        space = resolved[method]
+        distributions = {name: s.distribution() for name, s in space.items()}
+        study = optuna.create_study(study_name=f"{method}|{dataset}|{profile}|seed{seeds[0]}", storage=storage,
+                                    direction="maximize", load_if_exists=True)
+        study.set_user_attr("space", {k: s.describe() for k, s in space.items()})
+        while True:
+            done = [t for t in study.trials if t.state.is_finished()]
+            if len(done) >= trials:
+                break
+            waiting = [t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]  # a killed run's
+            fresh = []
+            for _ in range(max(0, min(parallel, trials - len(done)) - len(waiting))):
+                # reseeded from the trial's index: a proposal depends on the history alone, not on how many
+                # times the process restarted (a resumed search proposes what an uninterrupted one would)
+                study.sampler = optuna.samplers.TPESampler(seed=sampler_seed * 1_000_003 + len(study.trials))
+                fresh.append(study.ask(distributions).number)
+            batch = {n: _trial_spec(method, dataset, profile, seeds[0], study.trials[n].params, grid)
+                     for n in waiting + fresh}
+            run_grid(list(batch.values()), trial_dir, executor, on_event=on_event, need_artifacts=False)
+            with Store(trial_dir / STORE_NAME) as store:
+                for number, spec in batch.items():
+                    value = store.metrics(spec.cell_id).get(SCORE) if store.status(spec.cell_id) == "done" else None
+                    study.tell(number, value, state=None if value is not None else optuna.trial.TrialState.FAIL)
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not complete:
+            raise RuntimeError(f"every trial of {method} failed; see {trial_dir / STORE_NAME} (fer-bench plot "
+                               f"{trial_dir}) for their errors.")
+        best = max(complete, key=lambda t: (t.value, -t.number))              # ties: the earliest trial
+        tuned = [_trial_spec(method, dataset, profile, s, best.params, grid) for s in seeds]
+        final += tuned
+        summary[method] = {"space": {k: s.describe() for k, s in space.items()}, "best_params": best.params,
+                           "best_value": best.value, "best_trial": best.number, "score": SCORE,
+                           "tuned_cells": [s.cell_id for s in tuned],
+                           "trials": [{"number": t.number, "state": t.state.name, "value": t.value,
+                                       "params": t.params} for t in study.trials]}
+    run_grid(final, run_dir, executor, on_event=on_event, reuse=[trial_dir])   # the trial's own seed: imported
+    text = json.dumps({"dataset": dataset, "profile": profile, "trials": trials, "sampler": "TPE",
+                       "sampler_seed": sampler_seed, "seeds": seeds, "methods": summary}, indent=1, sort_keys=True,
+                      default=str)
+    atomic_write_text(run_dir / SUMMARY_FILE, text)
+    return summary

@@ -1,0 +1,95 @@
+"""Equal-effort tuning (issue #22): declared spaces, bad input before any trial, resume after kill -9, and the
+same best configuration from the same sampler seed."""
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fer_bench.params import ParameterError
+from fer_bench.registry import METHODS, get_method
+from fer_bench.tuning import search_space
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "synthetic:size=32,n_train=240,n_val=60,n_test=90"
+TUNE = ["tune", "--methods", "baseline", "--trials", "3", "--profile", "test", "--seeds", "0", "--dataset", TINY,
+        "--parallel-trials", "1", "--device", "cpu"]
+
+
+def cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "fer_bench.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_every_torch_method_searches_the_shared_training_loop_space():
+    for name in METHODS.names():
+        if "lr" in get_method(name).params:
+            space = search_space(name)
+            assert {k: s.describe() for k, s in space.items() if k in ("lr", "weight_decay", "scheduler")} == {
+                "lr": "log:0.0001:0.01", "weight_decay": "choice:0.0|1e-05|0.0001|0.001",
+                "scheduler": "choice:none|cosine|exponential"}, name
+    assert search_space("triplet", {"margin": "uniform:0.1:0.5"})["margin"].describe() == "uniform:0.1:0.5"
+
+
+@pytest.mark.parametrize("space, message", [
+    ("baseline.lrr=log:1e-4:1e-2", "--space baseline.lrr: baseline has no parameter 'lrr'"),
+    ("baseline.lr=log:1e-2:1e-4", "the search space of baseline.lr (log:0.01:0.0001) is empty or inverted"),
+    ("baseline.scheduler=choice:none|cos", "'cos' is outside what baseline.scheduler allows"),
+    ("baseline.lr=uniform:-1:1", "-1.0 is outside what baseline.lr allows"),
+    ("baseline.lr=1e-3", "search space '1e-3' is not one of"),
+])
+def test_bad_spaces_are_one_line_usage_errors_before_any_trial(space, message, tmp_path):
+    out = tmp_path / "tune"
+    proc = cli(*TUNE, "--space", space, "--out", str(out), check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+    assert not (out / "trials").exists()
+
+
+def test_killed_tuning_resumes_without_rerunning_finished_trials_and_a_rerun_finds_the_same_best(tmp_path):
+    out = tmp_path / "tune"
+    args = [sys.executable, "-m", "fer_bench.cli", *TUNE, "--set", "baseline.epochs=4", "--out", str(out)]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = out / "trials" / "results.sqlite"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:                          # kill once the first trial's cell has finished
+            if store.is_file():
+                with sqlite3.connect(store) as db:
+                    if db.execute("SELECT count(*) FROM cells WHERE status='done'").fetchone()[0] >= 1:
+                        break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        else:
+            raise AssertionError("no trial finished")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with sqlite3.connect(store) as db:
+        before = dict(db.execute("SELECT id, finished FROM cells WHERE status='done'"))
+    cli(*TUNE, "--set", "baseline.epochs=4", "--out", str(out))
+    with sqlite3.connect(store) as db:
+        after = dict(db.execute("SELECT id, finished FROM cells WHERE status='done'"))
+    assert all(after[cell] == when for cell, when in before.items())   # finished trials were not run again
+    resumed = json.loads((out / "tuning.json").read_text())["methods"]["baseline"]
+    assert [t["state"] for t in resumed["trials"]] == ["COMPLETE"] * 3 and len(after) == 3
+
+    fresh = [tmp_path / "a", tmp_path / "b"]
+    for run in fresh:
+        cli(*TUNE, "--set", "baseline.epochs=4", "--out", str(run))
+    a, b = (json.loads((run / "tuning.json").read_text())["methods"]["baseline"] for run in fresh)
+    assert a["best_params"] == b["best_params"] and a["best_value"] == b["best_value"]
+    assert [t["params"] for t in a["trials"]] == [t["params"] for t in b["trials"]]
+    assert [t["params"] for t in resumed["trials"]] == [t["params"] for t in a["trials"]]  # as if never killed
+    assert resumed["best_params"] == a["best_params"]
+
+
+def test_an_unknown_space_kind_is_refused_in_python_too():
+    with pytest.raises(ParameterError, match="is not one of log:LOW:HIGH"):
+        search_space("baseline", {"lr": "exp:1:2"})
