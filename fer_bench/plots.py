@@ -510,3 +510,28 @@ def plot_accuracy_vs_cost(points: pd.DataFrame, path: str | os.PathLike, title: 
     ax.legend(loc="best", fontsize="small")
     ax.set_title(title or "accuracy against training cost (mean ± std over seeds)")
     return _save(fig, target)
+
+
+def plot_search_history(trials: Mapping[str, Sequence[tuple[int, float | None]]], path: str | os.PathLike,
+                        title: str = "") -> Path:
+    """Validation score against trial number, one line per method, with the best so far dashed; failed
+    trials (None) are left out. ``trials``: {method: [(number, value), ...]}."""
+    target = _png_path(path)
+    if not trials:
+        raise ValueError("plot_search_history needs at least one method's trials.")
+    fig = _new_figure(7.5, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, (method, points) in enumerate(sorted(trials.items())):
+        done = sorted((n, v) for n, v in points if v is not None)
+        if not done:
+            continue
+        colour = PALETTE[i % len(PALETTE)]
+        numbers, values = zip(*done)
+        ax.plot(numbers, values, color=colour, marker=MARKERS[i % len(MARKERS)], linestyle="none", label=method)
+        ax.plot(numbers, np.maximum.accumulate(values), color=colour, linestyle="--", linewidth=1.0)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    ax.set_title(title or "search history (dashed: best so far)")
+    return _save(fig, target)

@@ -27,7 +27,7 @@ from fer_bench.tables import _slug, load_benchmark, paper_table, summarize, summ
 
 REPORT_NAME = "report.html"
 # the run's figures by file-name prefix, in the order the page shows them
-FIGURES = [("curves_", "Learning curves"), ("cost_", "Accuracy against training cost"),
+FIGURES = [("curves_", "Learning curves"), ("cost_", "Accuracy against training cost"), ("tuning_", "Search history"),
            ("confusion_", "Confusion matrices"), ("per_class_", "Per-class recall"),
            ("recall_at_k_", "Recall@K"), ("acc_at_k_", "Acc@K"), ("embedding_", "Embedding maps")]
 
@@ -51,6 +51,7 @@ def _run_report(run_dir: Path) -> Path:
     failures = [{"method": c["spec"]["method"], "dataset": c["spec"]["dataset_label"], "seed": c["spec"]["seed"],
                  "error": c["error"]} for c in cells if c["status"] == "failed"]
     sections = [{"title": "Summary", "html": _blocks_html(summary_markdown(summarize(long), failures, "html"))}]
+    sections += _tuning_sections(run_dir)
     write_cost_plots(run_dir / "plots", long)
     return _render(run_dir / REPORT_NAME, title=f"fer-bench run {run_dir.name}", sections=sections,
                    figures=_figures(run_dir, run_dir / "plots"), cells=_cell_rows(cells),
@@ -103,6 +104,26 @@ def write_cost_plots(plots: Path, long: pd.DataFrame) -> list[Path]:
         written.append(P.plot_accuracy_vs_cost(stats, plots / f"cost_{_slug(dataset)}.png",
                                                title=f"{dataset}: accuracy against training cost"))
     return written
+
+
+def _tuning_sections(run_dir: Path) -> list[dict[str, str]]:
+    """A ``fer-bench tune`` run: per method its space and best configuration, and ``plots/tuning.png``."""
+    path = run_dir / "tuning.json"
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text())
+    history = {m: [(t["number"], t["value"]) for t in r["trials"]] for m, r in record["methods"].items()}
+    P.plot_search_history(history, run_dir / "plots" / "tuning_history.png",
+                          title=f"{record['dataset']}: {record['trials']} TPE trials per method (seed "
+                                f"{record['sampler_seed']})")
+    lines = [f"- `{m}`: best validation {r['best_value']:.4f} at trial {r['best_trial']} with "
+             + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(r["best_params"].items()))
+             + "; space " + ", ".join(f"{k} {v}" for k, v in sorted(r["space"].items()))
+             for m, r in record["methods"].items()]
+    text = (f"Equal-effort tuning: {record['trials']} trials per method, {record['sampler']} sampler (seed "
+            f"{record['sampler_seed']}), scored on validation; the best configuration trained on seeds "
+            f"{', '.join(map(str, record['seeds']))} (the summary above).\n\n" + "\n".join(lines))
+    return [{"title": "Tuning", "html": _blocks_html(text)}]
 
 
 def _figures(page_dir: Path, folder: Path, title: str | None = None, prefixes: bool = True) -> list[dict[str, Any]]:

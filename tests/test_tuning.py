@@ -93,3 +93,12 @@ def test_killed_tuning_resumes_without_rerunning_finished_trials_and_a_rerun_fin
 def test_an_unknown_space_kind_is_refused_in_python_too():
     with pytest.raises(ParameterError, match="is not one of log:LOW:HIGH"):
         search_space("baseline", {"lr": "exp:1:2"})
+
+
+def test_the_report_of_a_tuning_run_shows_the_search_history(tmp_path):
+    from fer_bench.report import write_report
+    out = tmp_path / "tune"
+    cli(*TUNE, "--out", str(out))
+    page = write_report(out).read_text()
+    assert "Equal-effort tuning: 3 trials per method" in page and "plots/tuning_history.png" in page
+    assert (out / "plots" / "tuning_history.png").stat().st_size > 5_000
