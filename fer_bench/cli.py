@@ -128,6 +128,7 @@ def make_executor(ctx: click.Context, executor: str, plugins: tuple[str, ...], j
                                  f"{'ray' if executor == 'local' else 'local'} only; drop it or change --executor.")
     if executor == "local":
         return EXECUTORS["local"](progress=None, jobs=jobs, plugins=plugin_sources(plugins))
+    import fer_bench.ray_executor  # noqa: F401  (registers "ray"; Ray is an optional extra, imported only here)
     return EXECUTORS["ray"](progress=None, address=ray["ray_address"], cpus_per_cell=ray["cpus_per_cell"],
                             gpus_per_cell=ray["gpus_per_cell"], retries=ray["cell_retries"],
                             artifacts=ray["ray_artifacts"], plugins=plugins)

@@ -49,12 +49,12 @@ them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
-import os
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -62,6 +62,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
+
+from fer_bench.fileio import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
     import torch
@@ -223,7 +225,7 @@ def _cluster_rows(task: tuple) -> tuple[int, np.ndarray, dict[str, int]]:
         emb = np.memmap(path, dtype=dtype, mode="r", shape=tuple(shape))[start:stop]
     else:
         emb = source
-    ctx = _single_thread() if limit_threads else _nullcontext()
+    ctx = _single_thread() if limit_threads else contextlib.nullcontext()
     labels = np.empty(emb.shape[:2], dtype=np.int8)
     totals: dict[str, int] = {}
     # scikit-learn warns once per image (e.g. "Graph is not fully connected", duplicate points in
@@ -244,14 +246,6 @@ def _cluster_rows(task: tuple) -> tuple[int, np.ndarray, dict[str, int]]:
 def _single_thread():
     from threadpoolctl import threadpool_limits
     return threadpool_limits(1)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def cluster_patches(emb: np.ndarray, settings: ClusterSettings, backend: str = "sklearn", workers: int = 0,
@@ -332,6 +326,12 @@ def kmeans_plusplus(x: "torch.Tensor", k: int, generator: "torch.Generator") -> 
     """Greedy k-means++ seeding (as scikit-learn: 2 + log k candidates per step) of B problems at once.
 
     x (B, P, D) -> centres (B, k, D).
+
+    Kept on purpose instead of ``sklearn.cluster.kmeans_plusplus``: that one seeds one problem at a time from a
+    NumPy ``RandomState`` on the CPU, while this draws from a ``torch.Generator`` on x's device for all B images
+    in one batch (the torch backend's point; measured on CPU for 256 images of 36 patches: 2.6 ms against 108 ms
+    for scikit-learn in a loop), and the seeds it draws are what the cached torch-backend assignments were computed
+    from (scikit-learn's, seeded alike, matched in none of those 256 problems).
     """
     import torch
     b, p, _ = x.shape
@@ -537,12 +537,11 @@ def patch_embeddings(images: np.ndarray, data_key: str, s: EmbedSettings, device
     dim = probe.out_dim
     del probe
     shape = (len(images), s.grid * s.grid, dim)
-    tmp = folder / f"emb-{key}.f16.{os.getpid()}.tmp"
-    arr = np.memmap(tmp, dtype=np.float16, mode="w+", shape=shape)
-    _compute_embeddings(images, s, device, arr)
-    arr.flush()
-    del arr
-    os.replace(tmp, data_path)
+    with atomic_path(data_path) as tmp:
+        arr = np.memmap(tmp, dtype=np.float16, mode="w+", shape=shape)
+        _compute_embeddings(images, s, device, arr)
+        arr.flush()
+        del arr
     seconds = time.perf_counter() - t0
     _write_meta(meta_path, {"key": key, "shape": list(shape), "dtype": "float16", "settings": s.key_fields(),
                             "data": data_key, "seconds": seconds, "version": CACHE_VERSION})
@@ -568,9 +567,8 @@ def cached_assignments(emb: np.ndarray, emb_key: str, settings: ClusterSettings,
         log.warning("assignment cache entry %s has shape %s, expected %s; recomputing", data_path,
                     labels.shape, tuple(emb.shape[:2]))
     labels, stats = cluster_patches(emb, settings, backend=backend, workers=workers, device=device)
-    tmp = folder / f"asg-{key}.{os.getpid()}.tmp.npy"
-    np.save(tmp, labels)
-    os.replace(tmp, data_path)
+    with atomic_path(data_path) as tmp:                                  # tmp ends in .npy: np.save adds nothing
+        np.save(tmp, labels)
     _write_meta(meta_path, {"key": key, "settings": settings.key_fields(), "embedding": emb_key, "stats": stats,
                             "version": CACHE_VERSION})
     return labels, {**stats, "cached": False}
@@ -588,6 +586,4 @@ def _read_meta(path: Path, key: str) -> dict[str, Any] | None:
 
 
 def _write_meta(path: Path, meta: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(meta, indent=1, sort_keys=True, default=str))

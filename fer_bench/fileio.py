@@ -34,7 +34,7 @@ def atomic_path(target: str | os.PathLike, fsync: bool = False) -> Iterator[Path
 
 
 def atomic_write_text(target: str | os.PathLike, text: str, fsync: bool = False) -> Path:
-    """Write ``text`` to ``target`` atomically (see :func:`atomic_path`); returns the target."""
+    """Write ``text`` to ``target`` atomically in UTF-8 (tables hold "±" and "—"; see :func:`atomic_path`)."""
     with atomic_path(target, fsync=fsync) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(target)

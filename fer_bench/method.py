@@ -17,7 +17,7 @@ import copy
 import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -27,11 +27,14 @@ from torch import nn
 import fer_bench
 from fer_bench.data import FERDataset, stratified_holdout
 from fer_bench.evaluation import MetricSpec
+from fer_bench.fileio import atomic_path, atomic_write_text
 from fer_bench.params import InvalidValue, Param, ParameterError, check_values, choice, log_uniform  # noqa: F401
 from fer_bench.params import parse_scalar  # noqa: F401
 from fer_bench.models import IMAGENET_MEAN, IMAGENET_STD
 from fer_bench.models.backbones import resize_images
 from fer_bench.models.pretrained import check_pretrained, weights_records
+from fer_bench.registry import get_method
+from fer_bench.train import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +221,10 @@ class Method:
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"method": self.display_name(), "class": f"{type(self).__module__}.{type(self).__qualname__}",
                 "params": self.get_params(), "classes": list(self.classes_), "fer_bench": fer_bench.__version__}
-        _atomic_write_text(directory / "params.json", json.dumps(meta, indent=2, sort_keys=True))
+        atomic_write_text(directory / "params.json", json.dumps(meta, indent=2, sort_keys=True))
         state = {"classes": torch.tensor(self.classes_), **self._get_state()}
-        tmp = directory / "state.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(directory / "state.pt")
+        with atomic_path(directory / "state.pt") as tmp:
+            torch.save(state, tmp)
         return directory
 
     @classmethod
@@ -235,7 +237,6 @@ class Method:
         meta = json.loads((directory / "params.json").read_text())
         target = cls
         if cls is Method or cls is TorchMethod:
-            from fer_bench.registry import get_method
             target = get_method(meta["method"])
         method = target(**meta["params"])
         state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
@@ -268,12 +269,6 @@ def _check_dataset(data: FERDataset, role: str, who: str) -> None:
         raise TypeError(f"{who}.fit expects FERDataset objects for {role}; got {type(data).__name__}.")
     if len(data) == 0:
         raise ValueError(f"{who}.fit got an empty {role} split ({data.name}/{data.split}).")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -437,10 +432,30 @@ class TorchMethod(Method):
                 outputs.append(fn(x).float().cpu())
         return torch.cat(outputs) if outputs else torch.empty(0)
 
+    @torch.no_grad()
+    def map_training_images(self, fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                            index: torch.Tensor | None = None,
+                            device: str | torch.device | None = None) -> torch.Tensor:
+        """``fn`` (default ``features``) of the loaded training images, all or the rows ``index``, as the model is
+        now: eval mode, no augmentation, ``eval_batch_size`` images at a time; float, concatenated on ``device``
+        (default the method's). The model's train / eval mode is restored. The one pass over the training images
+        (gallery, per-epoch label amendment, training snapshots)."""
+        fn = fn or self.features
+        rows = torch.arange(len(self.train_images_)) if index is None else index
+        was_training = self.model_.training
+        self.model_.eval()
+        outputs = []
+        try:
+            for start in range(0, len(rows), self.eval_batch_size):
+                with self._autocast():
+                    x = self.fetch(rows[start:start + self.eval_batch_size], augment=False)   # (b, 3, S, S)
+                    outputs.append(fn(x).float().to(device or self.device_))
+        finally:
+            self.model_.train(was_training)
+        return torch.cat(outputs)
+
     # -- the contract, implemented once --------------------------------------------------------------
     def _fit(self, train: FERDataset, val: FERDataset | None) -> None:
-        from fer_bench.train import Trainer
-
         self._setup_device()
         self.selection_ = "last epoch"
         if self.select == "best_val" and val is None:
@@ -576,18 +591,9 @@ class EmbeddingMethod(TorchMethod):
         labels = self.gallery_classes(self.train_labels_.cpu().numpy())
         return self.gallery_proba(self._embed(val.images), self.train_embeddings(), labels).argmax(1)
 
-    @torch.no_grad()
     def train_embeddings(self) -> np.ndarray:
         """(N, D) embeddings of the loaded training images now: eval mode, no augmentation."""
-        was_training = self.model_.training
-        self.model_.eval()
-        out = []
-        for start in range(0, len(self.train_images_), self.eval_batch_size):
-            index = torch.arange(start, min(start + self.eval_batch_size, len(self.train_images_)))
-            with self._autocast():
-                out.append(self.features(self.fetch(index, None, augment=False)).float().cpu())
-        self.model_.train(was_training)
-        return torch.cat(out).numpy()
+        return self.map_training_images(device="cpu").numpy()
 
     def _get_state(self) -> dict[str, Any]:
         return {**super()._get_state(), "gallery_emb": self.gallery_emb_, "gallery_labels": self.gallery_labels_}
@@ -602,6 +608,12 @@ def gaussian_logits(emb: torch.Tensor, means: torch.Tensor, sigma: float) -> tor
     d2 = torch.cdist(emb.double(), torch.nan_to_num(means.double())).pow(2)             # (N, C)
     d2[:, torch.isnan(means).any(1)] = float("inf")
     return -d2 / (2.0 * sigma ** 2)
+
+
+def nearest_centroid(emb: torch.Tensor, gallery: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N,) the class whose mean over the gallery (``gallery`` (M, D), ``labels`` (M,)) is nearest each row of
+    ``emb`` (N, D): the arg-max of ``gaussian_logits``, ties to the smaller class; classes without members never win."""
+    return gaussian_logits(emb, class_means(gallery, labels, num_classes), 1.0).argmax(1)
 
 
 def class_means(emb: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

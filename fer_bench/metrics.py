@@ -15,8 +15,8 @@ What comes from where:
 * MAP@R and R-precision from Musgrave, Belongie and Lim, "A Metric Learning Reality Check" (ECCV
   2020), computed as pytorch-metric-learning's ``AccuracyCalculator`` computes
   ``mean_average_precision_at_r`` and ``r_precision``.
-* KL / JS divergence to reference label distributions (SCE-ALD and FERPlus-style vote targets).
-* Cost helpers: parameter count, peak memory, inference milliseconds per image.
+* KL / JS divergence to reference label distributions are in :mod:`fer_bench.divergence`.
+* Cost helpers (parameter count, peak memory, inference time) are in :mod:`fer_bench.cost`.
 
 Conventions. Labels are integer class indices ``0..C-1``. Where a per-class ratio has a zero
 denominator (a class absent from ``y_true`` has no recall, a class never predicted has no
@@ -40,15 +40,11 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
-import sys
-import time
 import warnings
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from scipy.special import rel_entr
 
 logger = logging.getLogger(__name__)
 
@@ -504,6 +500,24 @@ def knn_predict_proba(train_emb: np.ndarray, train_labels: Sequence[int], test_e
     """
     nl, c = _neighbour_labels(train_emb, train_labels, test_emb, k, num_classes,
                               "knn_predict_proba", chunk, device)
+    return _vote_shares(nl, c)
+
+
+def knn_predict_proba_at(train_emb: np.ndarray, train_labels: Sequence[int], test_emb: np.ndarray,
+                         ks: Sequence[int], num_classes: int | None = None, chunk: int = 4096,
+                         device: str | torch.device = "cpu") -> dict[int, np.ndarray]:
+    """``{k: knn_predict_proba(..., k)}`` for every k of ``ks`` from one neighbour search (the k nearest are the
+    first k of the largest k's, ``knn_indices`` being exact)."""
+    func = "knn_predict_proba_at"
+    ks = sorted({_positive_int(k, "ks", func) for k in ks})
+    if not ks:
+        raise ValueError(f"The 'ks' parameter of {func} must name at least one k. Got none instead.")
+    nl, c = _neighbour_labels(train_emb, train_labels, test_emb, ks[-1], num_classes, func, chunk, device)
+    return {k: _vote_shares(nl[:, :k], c) for k in ks}
+
+
+def _vote_shares(nl: np.ndarray, c: int) -> np.ndarray:
+    """(N, k) neighbour labels -> (N, C) share of the k votes that each class got."""
     rows = np.repeat(np.arange(len(nl)), nl.shape[1])
     votes = np.bincount(rows * c + nl.ravel(), minlength=len(nl) * c).reshape(len(nl), c)
     return votes / nl.shape[1]
@@ -644,97 +658,3 @@ def embedding_report(train_emb: np.ndarray, train_y: Sequence[int], test_emb: np
     report["nmi"], report["ami"] = clustering_metrics(test_emb, test_y, seed=seed)
     report["map@r"], report["r_precision"] = map_and_r_precision(test_emb, test_y)
     return report
-
-
-# --------------------------------------------------------------------------------------------
-# distribution metrics
-# --------------------------------------------------------------------------------------------
-
-def _distributions(p: object, name: str, func: str) -> np.ndarray:
-    """Rows of ``p`` as probability vectors (float64, non-negative, normalised to sum 1)."""
-    arr = np.asarray(p, dtype=np.float64)
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    if arr.ndim != 2 or not np.isfinite(arr).all() or (arr < 0).any() or (arr.sum(axis=1) <= 0).any():
-        raise ValueError(f"The '{name}' parameter of {func} must be an (N, C) array of "
-                         f"non-negative finite rows with a positive sum. Got shape {arr.shape} "
-                         f"with a negative, non-finite or all-zero row instead.")
-    return arr / arr.sum(axis=1, keepdims=True)
-
-
-def kl_divergence(p_ref: np.ndarray, q_pred: np.ndarray, eps: float = 1e-8) -> float:
-    """Mean over rows of KL(p_ref || q_pred), natural log; q is floored at ``eps`` and renormalised."""
-    p = _distributions(p_ref, "p_ref", "kl_divergence")
-    q = _distributions(q_pred, "q_pred", "kl_divergence")
-    if p.shape != q.shape:
-        raise ValueError(f"The 'p_ref' and 'q_pred' parameters of kl_divergence must have the same "
-                         f"shape. Got {p.shape} and {q.shape} instead.")
-    q = np.maximum(q, eps)
-    q = q / q.sum(axis=1, keepdims=True)
-    return float(rel_entr(p, q).sum(axis=1).mean())  # rel_entr: p log(p/q), 0 where p = 0
-
-
-def js_divergence(p_ref: np.ndarray, q_pred: np.ndarray) -> float:
-    """Mean over rows of the Jensen-Shannon divergence (natural log, in [0, ln 2])."""
-    p = _distributions(p_ref, "p_ref", "js_divergence")
-    q = _distributions(q_pred, "q_pred", "js_divergence")
-    if p.shape != q.shape:
-        raise ValueError(f"The 'p_ref' and 'q_pred' parameters of js_divergence must have the same "
-                         f"shape. Got {p.shape} and {q.shape} instead.")
-    m = (p + q) / 2
-    return float((0.5 * rel_entr(p, m).sum(axis=1) + 0.5 * rel_entr(q, m).sum(axis=1)).mean())
-
-
-# --------------------------------------------------------------------------------------------
-# cost
-# --------------------------------------------------------------------------------------------
-
-def parameter_count(module: torch.nn.Module) -> dict[str, int]:
-    """{"total": all parameters, "trainable": those with requires_grad} (shared ones once)."""
-    params = list(module.parameters())
-    return {"total": sum(p.numel() for p in params),
-            "trainable": sum(p.numel() for p in params if p.requires_grad)}
-
-
-def peak_memory_bytes(device: str | torch.device = "cpu") -> int:
-    """Peak memory so far: process RSS peak on CPU, ``max_memory_allocated`` on CUDA."""
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
-    elif dev.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(dev))
-    else:
-        raise ValueError(f"The 'device' parameter of peak_memory_bytes must be a cpu or cuda "
-                         f"device. Got {device!r} instead.")
-
-
-def inference_ms_per_image(fn: Callable[[torch.Tensor], object], images: torch.Tensor,
-                           batch_size: int, repeats: int = 3, warmup: int = 1) -> float:
-    """Median over ``repeats`` passes of the time ``fn`` takes per image, in milliseconds.
-
-    One pass calls ``fn`` on consecutive batches of ``images`` (the last may be smaller), under
-    ``torch.no_grad``; ``warmup`` untimed calls on the first batch come first. CUDA work is
-    synchronised before the clock is read.
-    """
-    func = "inference_ms_per_image"
-    batch_size = _positive_int(batch_size, "batch_size", func)
-    repeats = _positive_int(repeats, "repeats", func)
-    n = len(images)
-    if n == 0:
-        raise ValueError(f"The 'images' parameter of {func} must not be empty. Got 0 images instead.")
-    sync = images.is_cuda if isinstance(images, torch.Tensor) else False
-    times = []
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn(images[:batch_size])
-        for _ in range(repeats):
-            if sync:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for start in range(0, n, batch_size):
-                fn(images[start:start + batch_size])
-            if sync:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times) / n * 1000.0)

@@ -6,16 +6,15 @@ t-SNE), per-class recall bars, "ours vs published" summary bars with std error b
 a cosine-similarity heatmap (SCE-ALD's word-vector similarity figure).
 
 Every function builds a ``matplotlib.figure.Figure`` with the Agg canvas directly and never touches
-pyplot, so no global figure registry, backend or rcParams change. PNGs are written atomically (a
-temporary file in the target folder, then ``os.replace``) without the matplotlib version in their
-metadata, so a regenerated figure differs only when its content does. Class names come from
+pyplot, so no global figure registry, backend or rcParams change. PNGs are written atomically
+(``fer_bench.fileio.atomic_path``: a temporary file in the target folder, then ``os.replace``) without the
+matplotlib version in their metadata, so a regenerated figure differs only when its content does. Class names come from
 ``fer_bench.labels`` (``class_names_for``), never from literals.
 """
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -29,6 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
 from fer_bench import labels as _labels
+from fer_bench.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -64,19 +64,15 @@ def _png_path(path: str | os.PathLike) -> Path:
 
 
 def _save(fig: Figure, target: Path) -> Path:
-    """Write ``fig`` as a PNG at ``target`` atomically (temp file + os.replace); free the figure either way."""
-    tmp = None
+    """Write ``fig`` as a PNG at ``target`` atomically; free the figure either way.
+
+    The temporary file's name is unique to this process and call (``atomic_path``), so no writer clobbers
+    another's and no exclusive open (``"xb"``) is needed; its permissions follow the umask."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        with open(tmp, "xb") as fh:  # "x": never clobber; permissions follow the umask
-            fig.savefig(fh, format="png", metadata={"Software": None})
-        os.replace(tmp, target)
-        tmp = None
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format="png", metadata={"Software": None})
     finally:
         fig.clear()
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
     logger.debug("wrote %s", target)
     return target
 

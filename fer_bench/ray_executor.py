@@ -41,7 +41,7 @@ from typing import Any, Iterator
 
 import fer_bench
 from fer_bench.registry import load_plugin_sources, plugin_sources
-from fer_bench.runner import CELLS_DIR, CellResult, CellSpec, execute
+from fer_bench.runner import CELLS_DIR, EXECUTORS, CellResult, CellSpec, execute
 
 log = logging.getLogger(__name__)
 
@@ -231,3 +231,6 @@ class RayExecutor:
                 self.ray.cancel(ref, force=True)
             if started_here:
                 self.ray.shutdown()
+
+
+EXECUTORS["ray"] = RayExecutor

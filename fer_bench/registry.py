@@ -136,12 +136,8 @@ def get_method(name: str) -> Any:
 
 
 def get_dataset(name: str) -> Any:
-    _import_builtin_datasets()
+    """The adapter class registered as ``name`` (the built-in ones register when ``fer_bench.data`` is imported)."""
     return DATASETS.get(name)
-
-
-def _import_builtin_datasets() -> None:
-    import fer_bench.data  # noqa: F401  (registers the built-in adapters)
 
 
 def load_plugin_file(path: str | Path) -> None:

@@ -130,7 +130,7 @@ def _figures(page_dir: Path, folder: Path, title: str | None = None, prefixes: b
     """Groups of figures under ``folder``, as paths relative to the page."""
     if not folder.is_dir():
         return []
-    files = sorted(folder.glob("*.png"))
+    files = sorted(f for f in folder.glob("*.png") if not f.name.startswith("."))   # hidden: a writer's temporary file
     if not prefixes:
         return [{"title": title, "images": [_image(page_dir, f) for f in files]}] if files else []
     groups = []
@@ -146,17 +146,18 @@ def _image(page_dir: Path, path: Path) -> dict[str, str]:
 
 
 def _cell_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell; a cell left 'running' by a killed run may have only part of its spec stored."""
     rows = []
-    for c in sorted(cells, key=lambda c: (c["spec"]["method"], c["spec"]["dataset_label"], c["spec"]["seed"])):
+    for c in cells:
         spec, info = c["spec"], c.get("info") or {}
-        rows.append({"id": c["id"], "method": spec["method"], "dataset": spec["dataset_label"], "seed": spec["seed"],
-                     "status": c["status"], "init": init_label(spec), "overrides": spec.get("overrides_label", ""),
-                     "config": json.dumps({"params": spec["params"], "dataset_options": spec["dataset_options"],
-                                           "label_noise": spec["label_noise"], "profile": spec["profile"],
-                                           "budget": spec.get("budget"), "fingerprints": info.get("fingerprints"),
-                                           "weights": info.get("weights"), "torch_threads": info.get("torch_threads")},
-                                          indent=1, sort_keys=True, default=str)})
-    return rows
+        config = {key: spec.get(key) for key in ("params", "dataset_options", "label_noise", "profile", "budget")}
+        config.update(fingerprints=info.get("fingerprints"), weights=info.get("weights"),
+                      torch_threads=info.get("torch_threads"))
+        rows.append({"id": c["id"], "method": spec.get("method", "?"), "seed": spec.get("seed", ""),
+                     "dataset": spec.get("dataset_label", spec.get("dataset", "?")), "status": c["status"],
+                     "init": init_label(spec), "overrides": spec.get("overrides_label", ""),
+                     "config": json.dumps(config, indent=1, sort_keys=True, default=str)})
+    return sorted(rows, key=lambda r: (r["method"], r["dataset"], str(r["seed"])))
 
 
 def _manifest(run_dir: Path) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fer_bench import cost as C
+from fer_bench import divergence as D
 from fer_bench import metrics as M
 from fer_bench.circumplex import METRIC_KEYS as CIRCUMPLEX_KEYS
 from fer_bench.circumplex import circumplex_report
@@ -68,8 +70,8 @@ def circumplex(x: EvalInputs) -> dict[str, float]:
 def label_distribution(x: EvalInputs) -> dict[str, float]:
     if x.test.label_dist is None:
         return {}
-    return {"kl_to_label_dist": M.kl_divergence(x.test.label_dist, x.proba),
-            "js_to_label_dist": M.js_divergence(x.test.label_dist, x.proba)}
+    return {"kl_to_label_dist": D.kl_divergence(x.test.label_dist, x.proba),
+            "js_to_label_dist": D.js_divergence(x.test.label_dist, x.proba)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,12 +90,12 @@ def _cost(name: str, doc: str, **kw) -> MetricSpec:
 def cost(x: EvalInputs) -> dict[str, float]:
     out: dict[str, float] = {}
     model = getattr(x.method, "model_", None)
-    out["params"] = float(M.parameter_count(model)["total"]) if model is not None else 0.0
+    out["params"] = float(C.parameter_count(model)["total"]) if model is not None else 0.0
     device = getattr(x.method, "device_", torch.device("cpu"))
     for batch in (1, 64):
         images = x.test.images[: max(batch * 2, 8)]
-        out[f"infer_ms_per_image_b{batch}"] = M.inference_ms_per_image(x.method.predict_proba, images, batch)
-    out["peak_memory_mb"] = M.peak_memory_bytes(device) / 2 ** 20
+        out[f"infer_ms_per_image_b{batch}"] = C.inference_ms_per_image(x.method.predict_proba, images, batch)
+    out["peak_memory_mb"] = C.peak_memory_bytes(device) / 2 ** 20
     return out
 
 

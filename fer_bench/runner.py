@@ -31,7 +31,7 @@ import torch
 
 import fer_bench
 from fer_bench.data import FERDataset, available_splits, get_dataset, in_label_space, load_dataset, parse_dataset_spec
-from fer_bench.data.decode import dataset_record
+from fer_bench.data.dataset import dataset_record
 from fer_bench.data.noise import confusion_for, labels_hash, noisy_labels
 from fer_bench.evaluation import EvalInputs, evaluate
 from fer_bench.method import ParameterError, TorchMethod
@@ -339,8 +339,9 @@ def run_cell(spec: CellSpec, workdir: str | Path, progress: bool | None = False)
     method.save(workdir / "model")
     artifacts["model"] = "model"
     (workdir / TRAINING_KEY_FILE).write_text(training_key(spec))  # after the model: a reader finds it whole
-    if (workdir / "extra").is_dir():
-        artifacts.update({f"extra/{p.name}": f"extra/{p.name}" for p in sorted((workdir / "extra").iterdir())})
+    if (workdir / "extra").is_dir():  # hidden names are temporary files a killed writer left (fer_bench.fileio)
+        artifacts.update({f"extra/{p.name}": f"extra/{p.name}" for p in sorted((workdir / "extra").iterdir())
+                          if not p.name.startswith(".")})
     phases.lap("write")
     info["phases"] = phases.laps
     info["monotonic_span"] = [begun, time.monotonic()]  # one clock across this machine's processes
@@ -491,12 +492,9 @@ def _schedule(pool: Any, jobs: int, specs: list[CellSpec], run_dir: Path) -> Ite
             yield ready.get()
 
 
-def _ray_executor(**kwargs: Any) -> Executor:
-    from fer_bench.ray_executor import RayExecutor  # Ray is an optional extra: imported only when asked for
-    return RayExecutor(**kwargs)
-
-
-EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": _ray_executor}
+# Executors by name. Others register themselves on import (fer_bench.ray_executor adds "ray"; the CLI imports
+# it only when asked for, as Ray is an optional extra), so this module knows none of them.
+EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor}
 
 
 def check_reuse_dirs(reuse: list[str | Path]) -> list[Path]:

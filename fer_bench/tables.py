@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +26,7 @@ import fer_bench
 import fer_bench.reports  # noqa: F401  (registers the built-in reports, whose metric specs shape the tables)
 from fer_bench import labels as L
 from fer_bench.evaluation import check_metric_name, headline_specs
+from fer_bench.fileio import atomic_write_text
 from fer_bench.paper_layout import LAYOUT_KEYS, layout_fields, layout_markdown
 from fer_bench.registry import get_method
 from fer_bench.store import STORE_NAME, Store, init_label
@@ -38,13 +38,22 @@ GROUP = ["method", "dataset", "label_noise", "profile", "overrides", "init"]   #
 HEADLINE = {spec.name: spec for spec in headline_specs()}
 
 
+def mean_std(long: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """One row per group of ``by`` (a missing key is a group of its own): ``mean``, ``std`` (ddof=1; 0 for a single
+    value) and ``n`` of ``long["value"]``. The aggregation over seeds of the run summary, the paper tables and the
+    method reports."""
+    return long.groupby(list(by), dropna=False)["value"].agg(mean="mean", std=_sample_std, n="count").reset_index()
+
+
+def _sample_std(values: pd.Series) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def summarize(long: pd.DataFrame) -> pd.DataFrame:
     """Mean, std (ddof=1; 0 for one seed) and n over seeds, one row per grid point and metric."""
     if long.empty:
         return pd.DataFrame(columns=GROUP + ["metric", "mean", "std", "n"])
-    grouped = long.groupby(GROUP + ["metric"], dropna=False)["value"]
-    out = grouped.agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, n="count")
-    return out.reset_index()
+    return mean_std(long, GROUP + ["metric"])
 
 
 def format_mean_std(mean: float, std: float, n: int | None, scale: float = 1.0, digits: int = 2) -> str:
@@ -157,12 +166,6 @@ def environment() -> dict[str, Any]:
     return {"versions": versions, "git_commit": commit, "host": socket.gethostname(), "platform": platform.platform()}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = False) -> str:
     """Write the summaries, manifest and plots of ``run_dir`` from its store; return the terminal's table
     (``terminal_summary``; summary.md holds the full one).
@@ -183,19 +186,19 @@ def write_run_outputs(run_dir: Path, specs: list | None = None, tsne: bool = Fal
                  "error": c["error"]} for c in cells if c["status"] == "failed"]
     summary = summarize(long)
     interrupted = sum(c["status"] == "running" for c in cells)
-    _atomic_write(run_dir / "metrics_long.csv", long.to_csv(index=False))
-    _atomic_write(run_dir / "summary.csv", summary.to_csv(index=False))
+    atomic_write_text(run_dir / "metrics_long.csv", long.to_csv(index=False))
+    atomic_write_text(run_dir / "summary.csv", summary.to_csv(index=False))
     note = (f"\n{interrupted} cell(s) were interrupted (status running) and are not in this table: rerun the same "
             f"command to finish them.\n" if interrupted else "")
     text = summary_markdown(summary, failures) + note
-    _atomic_write(run_dir / "summary.md", text)
+    atomic_write_text(run_dir / "summary.md", text)
     manifest = {**environment(), "cells": [
         {"cell_id": c["id"], "status": c["status"], "spec": c["spec"],
          "fingerprints": c["info"].get("fingerprints"), "selection": c["info"].get("selection"),
          "selection_rule": c["info"].get("selection_rule"), "noisy_labels_hash": c["info"].get("noisy_labels_hash"),
          "weights": c["info"].get("weights"),
          "device": c["info"].get("device"), "host": c["host"], "seconds": c["seconds"]} for c in cells]}
-    _atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str))
     write_run_plots(run_dir, cells, artifacts, long, tsne)
     write_curve_plots(run_dir / "plots", curves, long)
     return terminal_summary(summary, failures, run_dir / "summary.md") + note
@@ -379,8 +382,7 @@ def paper_table(table: dict[str, Any], long: pd.DataFrame) -> pd.DataFrame:
     rows_by = table.get("rows", ["method", "dataset"])
     rows_by = [rows_by] if isinstance(rows_by, str) else list(rows_by)
     part = long[long["metric"].isin(metrics)]
-    ours = part.groupby(rows_by, dropna=False)["value"].agg(
-        mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, n="count").reset_index()
+    ours = mean_std(part, rows_by)
     published = pd.DataFrame(table.get("published") or [], columns=[*rows_by, "value", "source"])
     merged = ours.merge(published, on=rows_by, how="outer")
     out = merged[rows_by].copy()
@@ -430,13 +432,13 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
             long = store.metrics_frame([s.cell_id for s in specs])
             frame = paper_table(table, long)
             csv_path = out_dir / f"{table['name']}.csv"
-            _atomic_write(csv_path, frame.to_csv(index=False, float_format="%.4f"))
+            atomic_write_text(csv_path, frame.to_csv(index=False, float_format="%.4f"))
             metric = table["metric"] if isinstance(table["metric"], str) else ", ".join(table["metric"])
             title = f"## {table.get('title', table['name'])}\n\nMetric: {metric} (x{table.get('scale', 100)})\n\n"
             notes = f"\n{table['notes'].strip()}\n" if table.get("notes") else ""
             sources = _sources_line(frame)
             body = layout_markdown(table, frame, long, float(table.get("scale", 100.0)))
-            _atomic_write(csv_path.with_suffix(".md"), title + body + sources + notes)
+            atomic_write_text(csv_path.with_suffix(".md"), title + body + sources + notes)
             written += [csv_path, csv_path.with_suffix(".md")]
     return written
 

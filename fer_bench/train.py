@@ -12,7 +12,7 @@
   re-seeded the same way inside ``torch.random.fork_rng`` (restored on exit), so an epoch is a pure
   function of (weights at its start, seed, epoch) and resume is exact;
 - a guard that raises :class:`Diverged` naming epoch and step when the loss is NaN or inf;
-- atomic checkpoints (``last.pt`` in the method's work directory, written as temp file + rename)
+- atomic checkpoints (``last.pt`` in the method's work directory, ``fer_bench.fileio.atomic_path``)
   and resume from them;
 - the cell's budget and cost (steps, anchor images, forward images, wall and CPU seconds, summed over
   resumed attempts) and its learning curve: training loss and validation accuracy / mean class accuracy
@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from fer_bench.fileio import atomic_path
 
 if TYPE_CHECKING:
     from fer_bench.data import FERDataset
@@ -321,14 +323,12 @@ class Trainer:
     def _save(self, key: str, model, optimizer, scheduler, scaler, state: dict[str, Any]) -> None:
         if self.workdir is None:
             return
-        self.workdir.mkdir(parents=True, exist_ok=True)
         blob = {"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict(), "method": self.m.training_state(),
                 **{k: state[k] for k in RESUMED}}
-        tmp = self.workdir / (CHECKPOINT + ".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(self.workdir / CHECKPOINT)
+        with atomic_path(self.workdir / CHECKPOINT) as tmp:
+            torch.save(blob, tmp)
 
     def _resume(self, key: str, model, optimizer, scheduler, scaler, state: dict[str, Any]) -> int:
         path = self.workdir / CHECKPOINT if self.workdir is not None else None

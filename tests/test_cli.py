@@ -92,6 +92,15 @@ def test_plugin_example_from_the_readme_runs_through_the_cli(tmp_path):
     assert "focal on" in proc.stdout and ": done in" in proc.stdout
 
 
+def test_dataset_plugin_example_from_the_readme_runs_through_the_cli(tmp_path):
+    example = (ROOT / "examples" / "dataset_plugin.py").read_text()
+    assert example.strip() in (ROOT / "README.md").read_text(), "the README must show examples/dataset_plugin.py verbatim"
+    out = tmp_path / "run"
+    proc = fer_bench("run", "--plugin", "examples/dataset_plugin.py", "--dataset", "mouths:n=60", "--methods",
+                     "majority,baseline", "--profile", "test", "--out", str(out), "--device", "cpu")
+    assert "baseline on mouths:n=60 seed 0" in proc.stdout and (out / "report.html").is_file()
+
+
 def test_metric_plugin_example_from_the_readme_adds_its_metric_to_every_cell(tmp_path):
     example = (ROOT / "examples" / "brier_metric.py").read_text()
     assert example.strip() in (ROOT / "README.md").read_text(), "the README must show examples/brier_metric.py verbatim"

@@ -397,7 +397,7 @@ def test_second_load_decodes_nothing(fx, monkeypatch, name, key, options, split)
     assert isinstance(again.images, np.ndarray if pooled else np.memmap)
     assert again.fingerprint == first.fingerprint
     np.testing.assert_array_equal(again.labels, first.labels)
-    from fer_bench.data.decode import dataset_record
+    from fer_bench.data.dataset import dataset_record
     record = dataset_record(again)
     assert record["images"] == len(again) and record["decode"]["size"] == SIZE and "layout" in record
 

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from fer_bench import cost as C
+from fer_bench import divergence as D
 from fer_bench import metrics as M
 
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +209,18 @@ def test_knn_accuracy_and_proba_oracle():
                                [[1, 0, 0], [0, 1, 0], [2 / 3, 0, 1 / 3], [0, 2 / 3, 1 / 3]])
 
 
+def test_knn_proba_at_several_k_is_each_k_from_one_search():
+    # k = 1 by hand: 1.4 -> 1 (0), 10.6 -> 11 (1), 4.6 -> 5 (2), 7.4 -> 5 (2)
+    shares = M.knn_predict_proba_at(TRAIN_X, TRAIN_Y, TEST_X, [3, 1, 3])
+    assert sorted(shares) == [1, 3]
+    np.testing.assert_array_equal(shares[1], [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]])
+    for k in (1, 3, 7):
+        together = M.knn_predict_proba_at(TRAIN_X, TRAIN_Y, TEST_X, (1, 3, 7))[k]
+        np.testing.assert_array_equal(together, M.knn_predict_proba(TRAIN_X, TRAIN_Y, TEST_X, k=k))
+    with pytest.raises(ValueError, match="'ks' parameter of knn_predict_proba_at"):
+        M.knn_predict_proba_at(TRAIN_X, TRAIN_Y, TEST_X, [])
+
+
 def test_knn_tie_break():
     # k = 2 at 5.9: neighbours 5 (d 0.9, label 2) and 2 (d 3.9, label 0) -> one vote each.
     query = np.array([[5.9]], dtype=np.float32)
@@ -313,15 +327,15 @@ JS = 0.12479181495372044
 
 
 def test_kl_and_js_oracle():
-    assert M.kl_divergence(P_REF, Q_PRED) == pytest.approx(KL, rel=1e-6)
-    assert M.js_divergence(P_REF, Q_PRED) == pytest.approx(JS, rel=1e-6)
+    assert D.kl_divergence(P_REF, Q_PRED) == pytest.approx(KL, rel=1e-6)
+    assert D.js_divergence(P_REF, Q_PRED) == pytest.approx(JS, rel=1e-6)
     # Rows are normalised: scaled inputs give the same values.
-    assert M.kl_divergence(np.array(P_REF) * 7, np.array(Q_PRED) * 3) == pytest.approx(KL, rel=1e-6)
-    assert M.js_divergence([[1, 0]], [[0, 1]]) == pytest.approx(math.log(2))  # disjoint: ln 2
-    assert M.kl_divergence(P_REF, P_REF) == pytest.approx(0.0, abs=1e-7)  # eps floor: O(eps)
-    assert np.isfinite(M.kl_divergence([[0.5, 0.5]], [[1.0, 0.0]]))  # q = 0 is floored at eps
+    assert D.kl_divergence(np.array(P_REF) * 7, np.array(Q_PRED) * 3) == pytest.approx(KL, rel=1e-6)
+    assert D.js_divergence([[1, 0]], [[0, 1]]) == pytest.approx(math.log(2))  # disjoint: ln 2
+    assert D.kl_divergence(P_REF, P_REF) == pytest.approx(0.0, abs=1e-7)  # eps floor: O(eps)
+    assert np.isfinite(D.kl_divergence([[0.5, 0.5]], [[1.0, 0.0]]))  # q = 0 is floored at eps
     with pytest.raises(ValueError, match="'q_pred' parameter of kl_divergence"):
-        M.kl_divergence(P_REF, [[-1.0, 2.0], [0.5, 0.5]])
+        D.kl_divergence(P_REF, [[-1.0, 2.0], [0.5, 0.5]])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +345,7 @@ def test_kl_and_js_oracle():
 def test_parameter_count():
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))  # 8 + 3 parameters
     model[0].bias.requires_grad_(False)
-    assert M.parameter_count(model) == {"total": 11, "trainable": 9}
+    assert C.parameter_count(model) == {"total": 11, "trainable": 9}
 
 
 def test_peak_memory_is_in_bytes():
@@ -341,7 +355,7 @@ def test_peak_memory_is_in_bytes():
             rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     except FileNotFoundError:
         pytest.skip("needs /proc (Linux)")
-    peak = M.peak_memory_bytes("cpu")
+    peak = C.peak_memory_bytes("cpu")
     # The peak is at least about the current RSS (the kernel updates it lazily, hence 0.9); KiB
     # taken for bytes would be 1024 x too small.
     assert 0.9 * rss_kib * 1024 <= peak < 64 * 2**30
@@ -354,7 +368,7 @@ def test_inference_ms_per_image():
         sizes.append(len(batch))
         time.sleep(0.005)
 
-    ms = M.inference_ms_per_image(fn, torch.zeros(11, 3), batch_size=5, repeats=2, warmup=1)
+    ms = C.inference_ms_per_image(fn, torch.zeros(11, 3), batch_size=5, repeats=2, warmup=1)
     assert sizes == [5] + [5, 5, 1] * 2  # one warm-up call, then two passes of three batches
     assert 15 / 11 <= ms < 15 / 11 * 3  # >= 3 sleeps of 5 ms per 11 images
 

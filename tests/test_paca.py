@@ -1,4 +1,4 @@
-"""Patch-to-cluster attention (methods/paca.py): shapes, masking of empty clusters, equivalence to
+"""Patch-to-cluster attention (methods/paca/): shapes, masking of empty clusters, equivalence to
 patch-to-patch attention when every patch is its own cluster, cache reuse across fits, gradients reaching
 every parameter with the mean readout (and none reaching the pixels with the static class-token readout)."""
 import numpy as np

@@ -33,7 +33,7 @@ def assert_png(path: Path) -> None:
         assert im.format == "PNG" and im.mode == "RGBA", (im.format, im.mode)
         assert im.size[0] >= 300 and im.size[1] >= 300, im.size
         im.verify()
-    leftovers = [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    leftovers = [p.name for p in path.parent.iterdir() if ".tmp" in p.name]   # fer_bench.fileio: .<stem>.*.tmp.png
     assert not leftovers, f"temporary files left behind: {leftovers}"
 
 

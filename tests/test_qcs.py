@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fer_bench_methods.qcs as Q  # registers qcs and dcs
-from fer_bench.models import qcs_blocks as B
+from fer_bench_methods.qcs import blocks as B
 from fer_bench.models.backbones import Backbone
+from fer_bench.models.three_stage import SmallThreeStage
 from fer_bench.train import SAM
 
 REF = Path(os.environ.get("FER_BENCH_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference")) / "qcs"
@@ -243,7 +244,7 @@ def test_mini_model_sam_adam_step_matches_official():
 
 def tiny_net(**options) -> B.QCSNetwork:
     torch.manual_seed(0)
-    trunk = B.SmallThreeStage((4, 4, 8))
+    trunk = SmallThreeStage((4, 4, 8))
     return B.QCSNetwork(trunk, 24, 3, dim=16, **options)
 
 

@@ -1,4 +1,4 @@
-"""SGMLoss, the triplet baseline, their samplers, the DGMS split and the kNN classifier (methods/sgm.py).
+"""SGMLoss, the triplet baseline, their samplers, the DGMS split and the kNN classifier (methods/sgm/).
 
 Losses are checked against plain-Python oracles (values and finite-difference gradients), the
 samplers by their exact counts, the classifier against fer_bench.metrics.
@@ -13,8 +13,9 @@ import torch
 from fer_bench import metrics as M
 from fer_bench.checks import toy_dataset
 from fer_bench.method import Method
-from fer_bench_methods.sgm import (DGMS, SGM, batch_all_triplet_loss, gmm_split, n_per_class_batches, random_triplets, sgm_loss,
-                                   triplet_loss, within_class_nmi)
+from fer_bench_methods.sgm import (SGM, batch_all_triplet_loss, gmm_split, n_per_class_batches, random_triplets, sgm_loss,
+                                   triplet_loss)
+from fer_bench_methods.sgm.dgms import DGMS, within_class_nmi
 
 
 # -- oracles --------------------------------------------------------------------------------------

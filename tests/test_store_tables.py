@@ -4,7 +4,7 @@ import pytest
 
 from fer_bench.data.noise import noisy_labels
 from fer_bench.store import Store
-from fer_bench.tables import load_benchmark, paper_table, summarize
+from fer_bench.tables import load_benchmark, mean_std, paper_table, summarize
 
 
 def test_store_roundtrip_and_status_transitions(tmp_path):
@@ -148,3 +148,14 @@ def test_terminal_summary_fits_100_columns_and_points_to_the_full_table(tmp_path
     text = terminal_summary(summarize(long), [], tmp_path / "summary.md")
     assert max(len(line) for line in text.splitlines() if not line.startswith("full table:")) <= 100, text
     assert "81.2 ± 0.0" in text and "20.6" in text and str(tmp_path / "summary.md") in text
+
+
+def test_mean_std_over_seeds_by_hand():
+    long = pd.DataFrame({"method": ["a", "a", "a", "b", None], "value": [0.2, 0.4, 0.9, 0.5, 0.7]})
+    out = mean_std(long, ["method"])
+    # a: mean 0.5, sample std sqrt(((-.3)^2 + (-.1)^2 + .4^2) / 2) = sqrt(0.13); b, one value: std 0; the missing
+    # key is a group of its own
+    assert out["method"].tolist()[:2] == ["a", "b"] and pd.isna(out["method"].iloc[2])
+    assert out["n"].tolist() == [3, 1, 1]
+    np.testing.assert_allclose(out["mean"], [0.5, 0.5, 0.7])
+    np.testing.assert_allclose(out["std"], [0.13 ** 0.5, 0.0, 0.0])

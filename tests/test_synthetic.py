@@ -1,4 +1,4 @@
-"""Tests of the synthetic FER dataset (fer_bench/data/synthetic.py).
+"""Tests of the synthetic FER dataset (fer_bench/data/synthetic/).
 
 Fast by design: factor sampling is checked on thousands of rows (no rendering), pixels on a few
 dozen small images. The action-unit tests render one person with every nuisance off and measure
@@ -14,6 +14,9 @@ import pytest
 from fer_bench import labels as L
 from fer_bench.data import FERDataset, get_dataset, load_dataset
 from fer_bench.data import synthetic as S
+from fer_bench.data.synthetic import splits
+from fer_bench.data.synthetic.geometry import _geometry
+from fer_bench.data.synthetic.renderer import _Renderer
 
 SMALL = dict(size=32, n_train=96, n_val=48, n_test=64)
 CLEAN = dict(nuisance=0.0, au_noise=0.0, au_jitter=0.0, glasses_rate=0.0, beard_rate=0.0, fringe_rate=0.0,
@@ -86,12 +89,12 @@ def test_part_boxes_hold_their_shapes(size: int, monkeypatch: pytest.MonkeyPatch
     F = S.sample_factors("train", np.arange(24), nuisance=2.0, occlusion=0.5, glasses_rate=0.5, beard_rate=0.5,
                          blur=1.5, intensity_max=1.5)
     boxed = S.render(F, size)
-    monkeypatch.setattr(S._Renderer, "FULL_WINDOWS", True)
+    monkeypatch.setattr(_Renderer, "FULL_WINDOWS", True)
     np.testing.assert_array_equal(S.render(F, size), boxed)
 
 
 def test_parallel_equals_serial(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(S, "CHUNK", 40)                 # 4 chunks over 2 spawned workers
+    monkeypatch.setattr(splits, "CHUNK", 40)            # 4 chunks over 2 spawned workers
     serial = S.render_split("train", 150, size=32, workers=1)
     parallel = S.render_split("train", 150, size=32, workers=2)
     np.testing.assert_array_equal(parallel, serial)
@@ -225,7 +228,7 @@ def _faces(index: int, units: list[int]) -> tuple[np.ndarray, dict]:
     F["au"] = np.zeros_like(F["au"])
     for k, unit in enumerate(units, 1):
         F["au"][k, S.AU_INDEX[unit], :] = 1.0
-    return S.render(F, AU_SIZE).astype(float), S._geometry(F)
+    return S.render(F, AU_SIZE).astype(float), _geometry(F)
 
 
 def _px(u: float) -> float:
@@ -347,7 +350,7 @@ def test_every_unit_changes_the_face() -> None:
 def test_second_load_uses_the_cache(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FER_BENCH_CACHE", str(tmp_path))
     first = load_dataset("synthetic", "val", **SMALL)
-    monkeypatch.setattr(S, "render_images", lambda *a, **k: pytest.fail("rendered again"))
+    monkeypatch.setattr(splits, "render_images", lambda *a, **k: pytest.fail("rendered again"))
     second = load_dataset("synthetic", "val", **SMALL)
     assert isinstance(second.images, np.memmap) and second.fingerprint == first.fingerprint
     np.testing.assert_array_equal(second.images, first.images)

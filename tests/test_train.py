@@ -123,6 +123,31 @@ def test_resume_after_interruption_reaches_the_same_weights(toy, tmp_path):
     assert np.array_equal(full.predict_proba(test), resumed.predict_proba(test))
 
 
+def test_checkpoint_and_saved_method_leave_no_temporary_file(toy, tmp_path):
+    train, _ = toy
+    m = Tiny(**{**BASE, "epochs": 2})
+    m.workdir = str(tmp_path / "work")
+    m.fit(train).save(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["last.pt"]
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["params.json", "state.pt"]
+
+
+def test_the_training_image_pass_is_eval_mode_without_augmentation_and_restores_the_mode(toy):
+    train, _ = toy
+    m = Tiny(**{**BASE, "eval_batch_size": 7})          # 96 images: 13 full batches and one of 5
+    m.start_fit(train)
+    x = (m.prepare_images(train.images).float() / 255.0 - m.mean_) / m.std_     # (96, 3, 8, 8), not augmented
+    m.model_.eval()
+    expected = m.model_(x).detach()                     # dropout off
+    m.model_.train()
+    out = m.map_training_images(m.model_)
+    assert m.model_.training and out.shape == (len(train), 3)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    rows = torch.tensor([95, 0, 40, 41])
+    torch.testing.assert_close(m.map_training_images(m.model_, index=rows), expected[rows], rtol=0, atol=1e-6)
+    torch.testing.assert_close(m.map_training_images(), x.flatten(1))          # default: features (Flatten here)
+
+
 def test_checkpoint_of_another_configuration_is_not_resumed(toy, tmp_path):
     train, _ = toy
     a = Tiny(**{**BASE, "epochs": 1})

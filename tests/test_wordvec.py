@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fer_bench import labels as L
-from fer_bench import wordvec
+from fer_bench_methods.sceald import wordvec
 
 VOCAB = {"happy": [1.0, 0.0, 0.5], "sad": [0.0, 2.0, -1.0], "Angry": [0.25, 0.5, 0.75], "the": [9.0, 9.0, 9.0]}
 

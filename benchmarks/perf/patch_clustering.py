@@ -22,11 +22,9 @@ share of identical partitions), both with the same ``n_init``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np

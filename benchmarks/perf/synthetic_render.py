@@ -28,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from fer_bench.data import synthetic as S
+from fer_bench.data.synthetic.splits import _worker_init
 
 TARGET = 2000.0
 
@@ -78,7 +79,7 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}")
     rows = []
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=ctx, initializer=S._worker_init) as pool:
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init) as pool:
         for size in sizes:
             here = render_rates(args.n, size, args.repeats)
             worker = pool.submit(render_rates, args.n, size, args.repeats).result()

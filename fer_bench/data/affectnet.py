@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 
 from fer_bench import labels as L
-from fer_bench.data import fingerprint_of
-from fer_bench.data.decode import (DatasetError, DecodeSettings, FileAdapter, RootGuard, Source, SplitIndex,
-                                   cached_table, check_choice, find_named, relative_key)
+from fer_bench.data.adapter import FileAdapter, check_choice
+from fer_bench.data.cache import cached_table
+from fer_bench.data.dataset import fingerprint_of
+from fer_bench.data.decode import DecodeSettings, Source, SplitIndex
 from fer_bench.data.folder import SCHEMES, class_folder_index, folder_root, scheme_mapper
+from fer_bench.data.paths import DatasetError, RootGuard, find_named, relative_key
 from fer_bench.registry import register_dataset
 
 if TYPE_CHECKING:

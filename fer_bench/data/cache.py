@@ -1,4 +1,5 @@
-"""The decode cache of fer-bench (DESIGN.md section 2): decode (or render) a dataset's images once.
+"""The caches of fer-bench (DESIGN.md section 2): decode (or render) a dataset's images once, parse its
+annotation tables once.
 
 Every adapter turns its files into one uint8 array ``(N, H, W, 3)`` and asks :func:`cached_images` for
 it, keyed by the dataset fingerprint. The first call builds the array and stores it under
@@ -11,17 +12,20 @@ One entry is two files:
 - ``<key>.json``: its manifest (format, key, shape, dtype, producer version, byte count, sha256 of the
   array bytes, and a cheap "sample" digest over a few evenly spaced blocks).
 
-Both are written to a temporary file in the same folder and moved into place with ``os.replace``,
-so a reader sees either no entry or a complete one, never a half-written file, whatever the number
-of concurrent writers. A POSIX advisory lock (``<key>.lock``) makes a second process wait for the
-first builder instead of building the same entry twice; it is an optimisation, not what keeps the
-entry whole. On read the manifest is checked against the request (key, shape, dtype, version) and
-against the file (size, header, digest). Anything that does not match is logged as a warning and
-rebuilt, never used.
+Both are written to a temporary file in the same folder and moved into place with ``os.replace``
+(:func:`fer_bench.fileio.atomic_path`, flushed to disk first), so a reader sees either no entry or a
+complete one, never a half-written file, whatever the number of concurrent writers. A POSIX advisory
+lock (``<key>.lock``) makes a second process wait for the first builder instead of building the same
+entry twice; it is an optimisation, not what keeps the entry whole. On read the manifest is checked
+against the request (key, shape, dtype, version) and against the file (size, header, digest).
+Anything that does not match is logged as a warning and rebuilt, never used.
 
 The digest checked on read is the full sha256 for arrays up to ``FULL_CHECK_BYTES`` (256 MiB, about
 0.5 s here) and the sample digest beyond that (``verify="auto"``); ``verify="full"`` or ``"sample"``
 forces one or the other.
+
+:func:`cached_table` keeps the arrays an adapter parses from a big annotation file (AffectNet's 300 MB
+CSV) under ``cache_dir() / "index"``, keyed by the files' sizes and modification times.
 """
 from __future__ import annotations
 
@@ -31,15 +35,18 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Union
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
+from fer_bench.data.dataset import fingerprint_of
+from fer_bench.fileio import atomic_path, atomic_write_text
+
 log = logging.getLogger(__name__)
 
+CACHE_ENV = "FER_BENCH_CACHE"
 FORMAT = 1                      # bump when the on-disk layout of an entry changes
 FULL_CHECK_BYTES = 256 << 20    # up to this size the full sha256 is verified on every read
 SAMPLE_BLOCKS = 64              # blocks read for the sample digest
@@ -56,6 +63,16 @@ class CacheError(RuntimeError):
     """A builder produced something that does not fit the requested entry."""
 
 
+def cache_dir() -> Path:
+    """The cache folder: ``$FER_BENCH_CACHE`` or ``~/.cache/fer_bench``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "fer_bench")
+
+
+def key_part(text: str) -> str:
+    """``text`` (a dataset name) as the start of a cache key: letters, digits, '.', '_', '-'; at most 40."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:40] or "x"
+
+
 def cached_images(key: str, n: int, shape: tuple[int, int, int], build: Builder, *,
                   version: str = "", root: str | Path | None = None, verify: str = "auto") -> np.ndarray:
     """The images of one dataset split, built once and memory-mapped from the cache afterwards.
@@ -66,7 +83,7 @@ def cached_images(key: str, n: int, shape: tuple[int, int, int], build: Builder,
       build: called only when the entry is missing or invalid; returns the uint8 array or an
         iterable of ``(start, chunk)`` pairs (see ``Builder``).
       version: the producer's version (generator / adapter); a different version is a miss.
-      root: the cache folder; default ``fer_bench.data.cache_dir()`` (honours ``$FER_BENCH_CACHE``).
+      root: the cache folder; default ``cache_dir()`` (honours ``$FER_BENCH_CACHE``).
       verify: "auto", "full" or "sample" (see the module docstring).
 
     Returns a read-only ``np.memmap`` uint8 ``(n, *shape)`` (a plain empty array when ``n == 0``).
@@ -80,7 +97,6 @@ def cached_images(key: str, n: int, shape: tuple[int, int, int], build: Builder,
     if n == 0:
         return np.zeros(full_shape, dtype=np.uint8)
     if root is None:
-        from fer_bench.data import cache_dir  # late: fer_bench.data imports the adapters
         root = cache_dir()
     folder = Path(root).expanduser() / "decoded"
     try:
@@ -110,7 +126,6 @@ def cached_images(key: str, n: int, shape: tuple[int, int, int], build: Builder,
 def entry_paths(key: str, root: str | Path | None = None) -> tuple[Path, Path]:
     """The ``(.npy, .json)`` paths of the entry ``key`` (for tools and tests)."""
     if root is None:
-        from fer_bench.data import cache_dir
         root = cache_dir()
     folder = Path(root).expanduser() / "decoded"
     return folder / f"{key}.npy", folder / f"{key}.json"
@@ -197,10 +212,7 @@ def _sample_digest(array: np.ndarray) -> str:
 
 def _write_entry(folder: Path, key: str, shape: tuple[int, ...], build: Builder, version: str) -> None:
     """Build into a temporary .npy in ``folder``, then move array and manifest into place."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{key}.", suffix=".npy.tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(folder / f"{key}.npy", fsync=True) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         _fill(out, build, shape)
         out.flush()
@@ -208,13 +220,7 @@ def _write_entry(folder: Path, key: str, shape: tuple[int, ...], build: Builder,
                     "version": version, "bytes": int(out.nbytes), "sha256": _sha256(out),
                     "sample": _sample_digest(out), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         del out
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / f"{key}.npy")
-        _atomic_write_text(folder / f"{key}.json", json.dumps(manifest, indent=1))
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    atomic_write_text(folder / f"{key}.json", json.dumps(manifest, indent=1), fsync=True)
 
 
 def _fill(out: np.ndarray, build: Builder, shape: tuple[int, ...]) -> None:
@@ -241,19 +247,6 @@ def _fill(out: np.ndarray, build: Builder, shape: tuple[int, ...]) -> None:
                          f"(first missing row {missing[0]}).")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on ``path`` where the platform has one (POSIX), else nothing."""
@@ -268,3 +261,26 @@ def _lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------------------
+# A small cache of parsed annotation tables (big CSVs are parsed once)
+
+
+def cached_table(name: str, files: Sequence[Path], parser_version: str,
+                 build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays parsed from ``files``, stored under ``cache_dir()/index`` keyed by the files' sizes and
+    modification times, so a 300 MB CSV is parsed once. Arrays must not be object dtype."""
+    sig = []
+    for f in files:
+        info = os.stat(f)
+        sig.append([str(Path(f).resolve()), info.st_size, info.st_mtime_ns])
+    key = f"{key_part(name)}-{fingerprint_of(parser_version, sig)[:40]}"
+    path = cache_dir() / "index" / f"{key}.npz"
+    with contextlib.suppress(OSError, ValueError, KeyError, EOFError):
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    table = build()
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **table)
+    return table

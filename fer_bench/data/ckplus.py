@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 
 from fer_bench import labels as L
-from fer_bench.data.decode import (LAB_OPTIONS, DatasetError, FileAdapter, RootGuard, Source, SplitIndex,
-                                   attach_boxes, check_range, crop_settings, find_named, read_text_lines,
-                                   relative_key, resolve_class_option, subject_folds)
+from fer_bench.data.adapter import (LAB_OPTIONS, FileAdapter, attach_boxes, check_range, crop_settings,
+                                    resolve_class_option, subject_folds)
+from fer_bench.data.decode import Source, SplitIndex
+from fer_bench.data.paths import DatasetError, RootGuard, find_named, read_text_lines, relative_key
 from fer_bench.registry import register_dataset
 
 EMOTION_FILE = re.compile(r"^(S\d+)_(\d+)_(\d+)_emotion\.txt$", re.IGNORECASE)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fer_bench.data.decode import DatasetError, RootGuard
+from fer_bench.data.paths import DatasetError, RootGuard
 
 DETECT_MAX_SIDE = 480          # detection runs on a copy at most this large (speed); boxes are scaled back
 MAX_EYE_ANGLE = 30.0           # a steeper eye line is taken as a false eye pair: no rotation

@@ -1,17 +1,26 @@
-"""``fer2013``: the FER2013 Kaggle CSVs, with Training / PublicTest / PrivateTest kept apart."""
+"""``fer2013``: the FER2013 Kaggle CSVs, with Training / PublicTest / PrivateTest kept apart.
+
+Also the reader of FER2013's pixel CSVs (a 48x48 grey image per row, as a string of 2,304 integers),
+which FERPlus uses too: ``read_pixel_csv`` reads such a CSV and ``PixelRows`` gives the decoder the
+image of a row (``SplitIndex.row_reader``).
+"""
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from fer_bench import labels as L
-from fer_bench.data.decode import (DatasetError, DecodeSettings, FileAdapter, Source, SplitIndex, cached_table,
-                                   check_choice, find_layout, read_pixel_csv, relative_key, resolve_class_option,
-                                   row_digests)
+from fer_bench.data.adapter import FileAdapter, check_choice, resolve_class_option
+from fer_bench.data.cache import cached_table
+from fer_bench.data.decode import DecodeSettings, Source, SplitIndex, Unreadable
+from fer_bench.data.paths import DatasetError, find_layout, relative_key
 from fer_bench.registry import register_dataset
 
 # File -> the columns it must have (names stripped: icml_face_data.csv writes "emotion, Usage, pixels").
@@ -106,7 +115,7 @@ class FER2013(FileAdapter):
         return SplitIndex(sources=sources, labels=labels, classes=classes,
                           decode=DecodeSettings(size=options["size"]),
                           factors=pd.DataFrame({"csv_row": rows}),
-                          content=[table["digest"][rows]],
+                          content=[table["digest"][rows]], row_reader=PixelRows,
                           meta={"layout": shown, "usage": USAGE[split],
                                 "protocol": "Training / PublicTest (val) / PrivateTest (test), kept apart",
                                 "dropped_by_classes": int((~keep).sum())})
@@ -149,3 +158,65 @@ def read_table(path: Path, shown: str) -> dict[str, np.ndarray]:
         return {"emotion": codes, "usage": usage, "digest": row_digests(frame["pixels"].tolist())}
 
     return cached_table("fer2013", [path], PARSER_VERSION, build)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pixel CSVs (FER2013 and its variants)
+
+
+PIXELS_48 = 48 * 48
+
+
+def read_pixel_csv(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A FER2013-style CSV with its column names stripped (``icml_face_data.csv`` has ' Usage')."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{str(path)!r} cannot be read as CSV ({type(exc).__name__}: {str(exc)[:100]}); "
+                           f"replace it with the original file.") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if columns is not None:
+        lacking = [c for c in columns if c not in frame.columns]
+        if lacking:
+            raise DatasetError(f"{str(path)!r} has the columns {list(frame.columns)}, not {list(columns)}; "
+                               f"expected the original file (header e.g. 'emotion,pixels,Usage').")
+    return frame
+
+
+def pixel_image(text: str) -> Image.Image:
+    """A 48x48 grey image from a string of 2,304 space-separated integers 0..255."""
+    values = text.split()
+    if len(values) != PIXELS_48:
+        raise Unreadable(f"pixels: {len(values)} values, expected {PIXELS_48} (48x48)")
+    try:
+        arr = np.array(values, dtype=np.int32)
+    except ValueError:
+        raise Unreadable("pixels: a value is not an integer") from None
+    if arr.min() < 0 or arr.max() > 255:
+        raise Unreadable("pixels: a value is outside 0..255")
+    return Image.fromarray(arr.astype(np.uint8).reshape(48, 48))
+
+
+class PixelRows:
+    """The decoder's ``RowReader`` of pixel CSVs: each file is read once, when the first row of it is decoded."""
+
+    def __init__(self) -> None:
+        self._frames: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def image(self, src: Source) -> Image.Image:
+        with self._lock:
+            if src.path not in self._frames:
+                self._frames[src.path] = read_pixel_csv(src.path, ["pixels"])["pixels"].tolist()
+        column = self._frames[src.path]
+        if not 0 <= src.row < len(column):
+            raise Unreadable(f"row {src.row} is not in {os.path.basename(src.path)} ({len(column)} rows)")
+        return pixel_image(column[src.row])
+
+
+def row_digests(texts: Sequence[str]) -> np.ndarray:
+    """8-byte blake2b digests of strings, as uint64 (N,): the content identity of pixel rows."""
+    out = np.empty(len(texts), dtype=np.uint64)
+    for i, t in enumerate(texts):
+        out[i] = int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
+    return out

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 
 from fer_bench import labels as L
-from fer_bench.data.decode import (DatasetError, DecodeSettings, FileAdapter, RootGuard, Source, SplitIndex,
-                                   check_choice, find_named, read_pixel_csv, relative_key, resolve_class_option)
-from fer_bench.data.fer2013 import USAGE, read_table
+from fer_bench.data.adapter import FileAdapter, check_choice, resolve_class_option
+from fer_bench.data.decode import DecodeSettings, Source, SplitIndex
+from fer_bench.data.fer2013 import USAGE, PixelRows, read_pixel_csv, read_table
+from fer_bench.data.paths import DatasetError, RootGuard, find_named, relative_key
 from fer_bench.registry import register_dataset
 
 FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
@@ -274,7 +275,7 @@ class FERPlus(FileAdapter):
         return SplitIndex(
             sources=[sources[i] for i in keep_idx], labels=labels, classes=classes,
             decode=DecodeSettings(size=options["size"]), label_dist=dist, guard=guard, factors=factors,
-            content=[c[keep_idx] for c in content],
+            content=[c[keep_idx] for c in content], row_reader=PixelRows if image_source == "pixels" else None,
             meta={"vote_source": vote_source_text, "vote_file": vote_file, "image_source": image_source,
                   "label_mode": effective_mode, "layout": f"votes {votes_shown}, images {images_shown}",
                   "protocol": "train: label_mode rule; val/test: official majority rule",

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 
 from fer_bench import labels as L
-from fer_bench.data.decode import (DatasetError, DecodeSettings, FileAdapter, RootGuard, Source, SplitIndex,
-                                   relative_key)
+from fer_bench.data.adapter import FileAdapter
+from fer_bench.data.decode import DecodeSettings, Source, SplitIndex
+from fer_bench.data.paths import DatasetError, RootGuard, relative_key
 from fer_bench.registry import register_dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 
 from fer_bench import labels as L
-from fer_bench.data.decode import (LAB_OPTIONS, DatasetError, FileAdapter, RootGuard, Source, SplitIndex,
-                                   attach_boxes, check_choice, check_range, crop_settings, files_below, relative_key,
-                                   resolve_class_option)
+from fer_bench.data.adapter import (LAB_OPTIONS, FileAdapter, attach_boxes, check_choice, check_range, crop_settings,
+                                    resolve_class_option)
+from fer_bench.data.decode import Source, SplitIndex
+from fer_bench.data.paths import DatasetError, RootGuard, files_below, relative_key
 from fer_bench.registry import register_dataset
 
 NAME = re.compile(r"^([A-Z]{2})\.([A-Z]{2})(\d+)\.(\d+)\.(tiff?|png|jpe?g|bmp)$", re.IGNORECASE)

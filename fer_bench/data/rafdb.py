@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from fer_bench import labels as L
-from fer_bench.data.decode import (DatasetError, DecodeSettings, FileAdapter, RootGuard, Source, SplitIndex,
-                                   check_choice, find_layout, read_text_lines, relative_key, resolve_class_option)
+from fer_bench.data.adapter import FileAdapter, check_choice, resolve_class_option
+from fer_bench.data.decode import DecodeSettings, Source, SplitIndex
+from fer_bench.data.paths import DatasetError, RootGuard, find_layout, read_text_lines, relative_key
 from fer_bench.registry import register_dataset
 
 LIST_FILE = "EmoLabel/list_patition_label.txt"   # sic: "patition", as in the download

@@ -21,8 +21,10 @@ import click
 import numpy as np
 
 from fer_bench import labels as L
-from fer_bench.data import data_root, parse_dataset_spec
-from fer_bench.data.decode import DatasetError, FileAdapter, SplitIndex, stat_sources, problem_message
+from fer_bench.data.adapter import FileAdapter, load_dataset, parse_dataset_spec
+from fer_bench.data.decode import SplitIndex, problem_message, stat_sources
+from fer_bench.data.paths import DatasetError, data_root
+from fer_bench.params import ParameterError
 from fer_bench.registry import UnknownNameError, get_dataset
 
 MAX_PROBLEMS = 10
@@ -156,7 +158,6 @@ def _images(adapter: FileAdapter, name: str, split: str, idx: SplitIndex, option
 def _verify_generic(adapter_cls: Any, name: str, root: str | Path | None, options: dict[str, Any],
                     lines: list[str]) -> tuple[bool, str]:
     """Datasets that do not read files (e.g. synthetic): load each split and print its counts."""
-    from fer_bench.data import load_dataset
     for split in adapter_cls.splits:
         ds = load_dataset(name, split, root, **options)
         counts = np.bincount(ds.labels, minlength=ds.num_classes)
@@ -173,7 +174,6 @@ def _verify_generic(adapter_cls: Any, name: str, root: str | Path | None, option
 
 def _usage_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Bad names, options or paths: one line on stderr and exit code 2 (the CLI's convention)."""
-    from fer_bench.method import ParameterError
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -17,7 +17,7 @@ from fer_bench.models.backbones import (  # noqa: F401
     with_stages,
 )
 from fer_bench.models.ir50 import IR50  # noqa: F401  (registers ir50, ir50_s3)
-from fer_bench.models import qcs_blocks  # noqa: F401,E402  (registers qcs_small, qcs_tiny)
+from fer_bench.models import three_stage  # noqa: F401,E402  (registers qcs_small, qcs_tiny)
 
 __all__ = [
     "BACKBONES", "Backbone", "IMAGENET_MEAN", "IMAGENET_STD", "IR50", "WeightsMismatch", "WeightsUnavailable",

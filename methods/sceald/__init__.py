@@ -46,17 +46,14 @@ and, where the dataset has ground-truth distributions (synthetic), KL and top-2 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fer_bench import labels as L
-from fer_bench import wordvec
 from fer_bench.data import FERDataset, stratified_holdout
 from fer_bench.evaluation import MetricSpec
 from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, TorchMethod
@@ -65,155 +62,14 @@ from fer_bench.models import build_backbone
 from fer_bench.models.pretrained import SYNTHETIC_FACES, weights_records
 from fer_bench.registry import register_method
 from fer_bench_methods.baseline import BackboneClassifier
+import fer_bench_methods.sceald.wordvec as wordvec
+from fer_bench_methods.sceald.maths import (_SemanticStage, amended_distribution, confidences,  # noqa: F401
+                                            cosine_relations, mixed_loss, relation_histograms, semantic_loss,
+                                            wasserstein_class_aware, wasserstein_values, weighted_prototypes)
+from fer_bench_methods.sceald.report import (_rows_of, amend_summary, first_per_class,  # noqa: F401
+                                             plot_label_distributions, write_report)
 
 log = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------------------------------
-# The equations, as pure functions (tests recompute each one by hand)
-
-
-def cosine_relations(x: torch.Tensor, centres: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Eqs. 2 / 3: cos(x_i, c_k), (N, D) x (C, D) -> (N, C); a zero vector gets cosine 0."""
-    return F.normalize(x, dim=1, eps=eps) @ F.normalize(centres, dim=1, eps=eps).T  # (N, C)
-
-
-def weighted_prototypes(features: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor, num_classes: int,
-                        norm: str = "weighted_mean") -> torch.Tensor:
-    """Eq. 4: (C, D) prototypes, ``sum_i alpha_i f_i`` over class k divided by ``sum alpha`` or ``n_k``.
-
-    A class without samples gets the zero vector (cosine 0, distance ||f||).
-    """
-    onehot = F.one_hot(labels, num_classes).to(features.dtype)          # (N, C)
-    weighted = onehot * alpha.to(features.dtype)[:, None]               # (N, C)
-    sums = weighted.T @ features                                         # (C, D)
-    if norm == "weighted_mean":
-        denom = weighted.sum(0)                                          # (C,)
-    elif norm == "literal":
-        denom = onehot.sum(0)                                            # (C,) n_k
-    else:
-        raise ValueError(f"prototype norm {norm!r} is not allowed; use 'weighted_mean' or 'literal'.")
-    return sums / denom.clamp_min(1e-12)[:, None]
-
-
-def wasserstein_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Eq. 5, literal reading: row-wise 1-D W1 between the empirical distributions of the c values.
-
-    (N, C), (N, C) -> (N,); equals ``scipy.stats.wasserstein_distance(a_i, b_i)`` for equal sizes.
-    """
-    return (torch.sort(a, dim=1).values - torch.sort(b, dim=1).values).abs().mean(dim=1)
-
-
-def relation_histograms(s: torch.Tensor) -> torch.Tensor:
-    """(N, C) similarities in [-1, 1] -> histograms over classes: (s + 1) / 2, normalised per row."""
-    h = ((s + 1.0) / 2.0).clamp_min(0.0)
-    return h / h.sum(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def wasserstein_class_aware(a: torch.Tensor, b: torch.Tensor, ground: torch.Tensor) -> torch.Tensor:
-    """Eq. 5, class-aware reading: exact transport cost between the class histograms of ``a`` and
-    ``b`` (``relation_histograms``) with ground metric ``ground`` (C, C). (N, C) x2 -> (N,)."""
-    try:
-        import ot
-    except ImportError:
-        raise ImportError("wasserstein='class_aware' needs the POT package for exact transport; "
-                          "run 'pip install pot' or use wasserstein='values'.") from None
-    ha = relation_histograms(a).double().cpu().numpy()
-    hb = relation_histograms(b).double().cpu().numpy()
-    m = ground.double().cpu().numpy()
-    costs = [ot.emd2(ha[i], hb[i], m) for i in range(len(ha))]
-    return torch.tensor(costs, dtype=a.dtype, device=a.device)
-
-
-def confidences(distance: torch.Tensor, eps: float = 1e-3, alpha_max: float = 1e3) -> torch.Tensor:
-    """Eq. 5: alpha = 1 / (W + eps), clipped to ``alpha_max``. (N,) -> (N,)."""
-    return (1.0 / (distance + eps)).clamp(max=alpha_max)
-
-
-def amended_distribution(features: torch.Tensor, prototypes: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Eq. 6: l_ik proportional to 1 / (||f_i - p_k||^2 + eps), normalised over k. (N, D), (C, D) -> (N, C)."""
-    d2 = torch.cdist(features.double(), prototypes.double()).pow(2)    # (N, C), float64: no cancellation
-    inv = 1.0 / (d2 + eps)
-    return (inv / inv.sum(dim=1, keepdim=True)).to(features.dtype)
-
-
-def mixed_loss(logits: torch.Tensor, labels: torch.Tensor, dist: torch.Tensor | None, beta: float) -> torch.Tensor:
-    """Eq. 7: beta * CE(one-hot) + (1 - beta) * CE(soft target ``dist``); ``dist`` None -> plain CE."""
-    ce = F.cross_entropy(logits, labels)
-    if dist is None or beta >= 1.0:
-        return ce
-    soft = -(dist * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
-    return beta * ce + (1.0 - beta) * soft
-
-
-def semantic_loss(x: torch.Tensor, x_hat: torch.Tensor, g: torch.Tensor, v_y: torch.Tensor,
-                  gamma: float) -> torch.Tensor:
-    """Eq. 1: mean squared reconstruction error + gamma * mean(1 - cos(V(y_i), g(x_i)))."""
-    recon = (x - x_hat).pow(2).flatten(1).mean(dim=1)                  # (B,) per-pixel mean
-    cos = F.cosine_similarity(g, v_y, dim=1, eps=1e-12)                 # (B,)
-    return recon.mean() + gamma * (1.0 - cos).mean()
-
-
-# --------------------------------------------------------------------------------------------------
-# The semantic auto-encoder (trained by the one loop through a small inner TorchMethod)
-
-
-class SemanticAutoEncoder(nn.Module):
-    """encoder: backbone -> pooled (B, Db) -> linear -> g (B, Dw); decoder: g -> (B, 3, S, S)."""
-
-    def __init__(self, backbone: nn.Module, word_dim: int, image_size: int, channels: int = 64):
-        super().__init__()
-        self.backbone = backbone
-        self.to_semantic = nn.Linear(backbone.out_dim, word_dim)
-        self.image_size = image_size
-        self.start = max(1, math.ceil(image_size / 8))
-        self.channels = channels
-        self.from_semantic = nn.Linear(word_dim, channels * self.start * self.start)
-        ups, c = [], channels
-        for c_out in (channels // 2, channels // 4):
-            ups += [nn.ConvTranspose2d(c, c_out, 4, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-            c = c_out
-        ups.append(nn.ConvTranspose2d(c, 3, 4, stride=2, padding=1))
-        self.decoder = nn.Sequential(*ups)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_semantic(self.backbone(x)[1])                     # (B, Dw)
-
-    def decode(self, g: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.from_semantic(g)).view(len(g), self.channels, self.start, self.start)
-        out = self.decoder(h)                                            # (B, 3, 8*start, 8*start)
-        if out.shape[-1] != self.image_size:
-            out = F.interpolate(out, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        return out                                                       # (B, 3, S, S)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        g = self.encode(x)
-        return g, self.decode(g)
-
-
-class _SemanticStage(TorchMethod):
-    """Eq. 1 trained by the one training loop; not registered (an inner part of SCE-ALD)."""
-
-    params = {"sem_gamma": Param(1.0, float, low=0.0), "word_dim": Param(300, int, low=1)}
-    word_vectors: torch.Tensor | None = None   # runtime input (C, Dw), set by SCE-ALD before fit
-
-    def build(self, num_classes: int) -> nn.Module:
-        backbone = build_backbone(self.backbone, pretrained=self.pretrained, in_size=self.image_size)
-        return SemanticAutoEncoder(backbone, self.word_dim, self.image_size)
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        g, x_hat = self.model_(batch["x"])
-        v_y = self.word_vectors.to(g.device)[batch["y"]]                # (B, Dw)
-        return semantic_loss(batch["x"], x_hat, g, v_y, self.sem_gamma)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model_.encode(x)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return cosine_relations(self.model_.encode(x), self.word_vectors.to(x.device))  # (B, C) S_s
-
-
-# --------------------------------------------------------------------------------------------------
-# The method
 
 
 @register_method("sceald")
@@ -330,15 +186,8 @@ class SCEALD(TorchMethod):
     @torch.no_grad()
     def amend_now(self) -> None:
         """The per-epoch no-grad pass: features -> S_t -> alpha -> prototypes -> amended l (Eqs. 3-6)."""
-        was_training = self.model_.training
-        self.model_.eval()
-        n = len(self.train_labels_)
-        feats = []
-        for start in range(0, n, self.eval_batch_size):
-            index = torch.arange(start, min(start + self.eval_batch_size, n))
-            with self._autocast():
-                feats.append(self.features(self.fetch(index, augment=False)).float())
-        feats = torch.cat(feats)                                            # (N, D)
+        feats = self.map_training_images()                                  # (N, D), eval mode, no augmentation
+        n = len(feats)
         self.amend_images_ = getattr(self, "amend_images_", 0) + n
         labels, c = self.train_labels_, self.num_classes_
         previous = self.confidences_ if self.confidences_ is not None else torch.ones(n, device=feats.device)
@@ -356,7 +205,6 @@ class SCEALD(TorchMethod):
                                     "wasserstein_mean": float(dist.mean()), "ld_entropy_mean": float(ent.mean()),
                                     "ld_top1_agrees_with_label": float((self.label_distributions_.argmax(1) == labels)
                                                                        .float().mean())})
-        self.model_.train(was_training)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = self.model_(batch["x"])                                   # (B, C)
@@ -468,173 +316,3 @@ class SCEALD(TorchMethod):
         self.ae_ = ae
         for name in ("prototypes_", "label_distributions_", "confidences_"):
             setattr(self, name, state[name].to(self.device_) if name in state else None)
-
-
-# --------------------------------------------------------------------------------------------------
-# Scoring and figures of the amended distributions
-
-
-def _rows_of(array: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
-    return None if array is None else np.asarray(array)[rows]
-
-
-def amend_summary(ld: np.ndarray, alpha: np.ndarray, labels: np.ndarray, clean: np.ndarray | None,
-                  truth: np.ndarray | None) -> dict[str, float]:
-    """Scores of amended distributions ``ld`` (N, C) with confidences ``alpha`` (N,).
-
-    labels: the labels trained on; clean: the true labels when noise was injected (how many noisy
-    labels the amended distribution put back on the true class); truth: ground-truth distributions
-    (KL(truth || ld), top-1 and top-2 agreement; top-2 over blended rows only, where the second
-    class is real).
-    """
-    ent = -(ld * np.log(np.clip(ld, 1e-12, None))).sum(1)
-    out = {"ld_entropy_mean": float(ent.mean()), "alpha_mean": float(alpha.mean()),
-           "ld_top1_is_label": float((ld.argmax(1) == labels).mean())}
-    if clean is not None:
-        noisy = labels != clean
-        out["noise_rate_seen"] = float(noisy.mean())
-        if noisy.any():
-            top2 = np.argsort(-ld, axis=1)[:, :2]
-            out["noisy_recovered_top1"] = float((ld.argmax(1) == clean)[noisy].mean())
-            out["noisy_recovered_top2"] = float((top2 == clean[:, None]).any(1)[noisy].mean())
-            out["alpha_clean_mean"] = float(alpha[~noisy].mean()) if (~noisy).any() else float("nan")
-            out["alpha_noisy_mean"] = float(alpha[noisy].mean())
-            if (~noisy).any():
-                from sklearn.metrics import roc_auc_score
-                out["alpha_auc_clean_vs_noisy"] = float(roc_auc_score((~noisy).astype(int), alpha))
-    if truth is not None:
-        from fer_bench.metrics import kl_divergence
-        truth = np.asarray(truth, dtype=np.float64)
-        out["ld_kl_to_truth"] = kl_divergence(truth, ld.astype(np.float64))
-        out["ld_top1_agrees_truth"] = float((ld.argmax(1) == truth.argmax(1)).mean())
-        srt = np.sort(truth, axis=1)
-        blended = srt[:, -2] > srt[:, 0] + 1e-6
-        if blended.any():
-            t2 = np.sort(np.argsort(-truth, axis=1)[:, :2], axis=1)
-            l2 = np.sort(np.argsort(-ld, axis=1)[:, :2], axis=1)
-            out["ld_top2_agrees_truth_blended"] = float((t2 == l2).all(1)[blended].mean())
-            out["blended_fraction"] = float(blended.mean())
-    return out
-
-
-def first_per_class(labels: np.ndarray, num_classes: int, mask: np.ndarray | None = None) -> np.ndarray:
-    """Index of the first row of each class (where ``mask``), classes without one skipped."""
-    picks = []
-    for k in range(num_classes):
-        hits = np.flatnonzero((labels == k) & (True if mask is None else mask))
-        if len(hits):
-            picks.append(int(hits[0]))
-    return np.asarray(picks, dtype=np.int64)
-
-
-def plot_label_distributions(images: np.ndarray, class_names: list[str], label_rows: list[np.ndarray],
-                             dists: list[np.ndarray], alphas: list[np.ndarray], row_titles: list[str],
-                             path: str | Path) -> Path:
-    """The paper's Figures 4-5: one column per image; under it, one bar chart per setting (e.g. clean
-    and noisy labels) of the amended distribution, titled with that setting's label and alpha."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    n, rows = len(images), len(dists)
-    fig = Figure(figsize=(2.1 * n, 1.9 * (rows + 1)))
-    FigureCanvasAgg(fig)
-    short = L.names([L.canonical_id(nm) for nm in class_names], "short")
-    for j in range(n):
-        ax = fig.add_subplot(rows + 1, n, j + 1)
-        ax.imshow(images[j])
-        ax.set_axis_off()
-        for r in range(rows):
-            ax = fig.add_subplot(rows + 1, n, (r + 1) * n + j + 1)
-            values = dists[r][j]
-            ax.bar(np.arange(len(values)), values, color=["C3" if k == label_rows[r][j] else "C0" for k in range(len(values))])
-            ax.set_ylim(0, 1)
-            ax.set_xticks(np.arange(len(values)), short, fontsize=6)
-            ax.tick_params(axis="y", labelsize=6)
-            ax.set_title(f"{row_titles[r]}: {short[label_rows[r][j]]}  α={alphas[r][j]:.2f}", fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120, metadata={"Software": None})
-    tmp.replace(path)
-    return path
-
-
-# --------------------------------------------------------------------------------------------------
-# Report of a benchmark run: noise recovery table, Figure 3, Figures 4-5 (clean vs noisy labels)
-
-REPORT_METRICS = ("accuracy", "noisy_recovered_top1", "noisy_recovered_top2", "alpha_auc_clean_vs_noisy",
-                  "alpha_clean_mean", "alpha_noisy_mean", "ld_top1_is_label", "ld_entropy_mean", "ld_kl_to_truth",
-                  "ld_top1_agrees_truth", "ld_top2_agrees_truth_blended", "test_ld_kl_to_truth",
-                  "test_ld_top2_agrees_truth_blended", "kl_to_label_dist")
-
-
-def write_report(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """From a benchmark run directory (its store and cell folders), write into ``out_dir``:
-    ``noise_recovery.{csv,md}`` (SCE-ALD's amended distributions against clean labels and ground truth,
-    mean +- std over seeds), ``fig3_word_cosines.png`` and ``fig4_label_distributions_noise<r>.png``
-    (one training image per class whose label the noise flipped: the amended distribution and alpha
-    of the clean run and of the noisy run, seed 0). Run:
-    ``python -c "from fer_bench_methods.sceald import write_report; write_report('results/sceald/run', 'results/sceald')"``
-    """
-    from tabulate import tabulate
-
-    from fer_bench import plots as P
-    from fer_bench.runner import CellSpec, load_splits
-    from fer_bench.store import Store
-
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    with Store(run_dir / "results.sqlite") as store:
-        long = store.metrics_frame()
-        cells = [c for c in store.cells() if c["status"] == "done"]
-    part = long[long["metric"].isin(REPORT_METRICS)]
-    if not part.empty:
-        table = (part.groupby(["method", "label_noise", "overrides", "metric"])["value"]
-                 .agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, n="count")
-                 .reset_index())
-        table.to_csv(out_dir / "noise_recovery.csv", index=False, float_format="%.4f")
-        wide = table.assign(text=[f"{m:.3f} ± {s:.3f} (n={n})" for m, s, n in zip(table["mean"], table["std"], table["n"])])
-        wide = wide.pivot_table(index=["method", "label_noise", "overrides"], columns="metric", values="text",
-                                aggfunc="first").reset_index()
-        wide = wide[[c for c in ["method", "label_noise", "overrides", *REPORT_METRICS] if c in wide.columns]]
-        text = ("## SCE-ALD amended label distributions on the synthetic dataset\n\n"
-                "noisy_recovered_top1/top2: share of the training labels flipped by the noise whose amended "
-                "distribution has the true class first / in the top 2; alpha_auc_clean_vs_noisy: ROC AUC of "
-                "alpha separating clean from flipped labels (0.5 = chance); ld_kl_to_truth: KL(ground-truth blend "
-                "|| amended distribution) on train; ld_top2_agrees_truth_blended: the amended top-2 classes equal "
-                "the true blend's two classes (blended images only); kl_to_label_dist: KL of the classifier's test "
-                "probabilities to the ground truth.\n\n"
-                + tabulate(wide.fillna("—"), headers="keys", tablefmt="github", showindex=False) + "\n")
-        (out_dir / "noise_recovery.md").write_text(text)
-        written += [out_dir / "noise_recovery.csv", out_dir / "noise_recovery.md"]
-    vectors = wordvec.emotion_vectors(L.BASIC7)
-    paper_order = [L.SURPRISE, L.FEAR, L.DISGUST, L.HAPPY, L.SAD, L.ANGER, L.NEUTRAL]
-    cos = wordvec.cosine_matrix(vectors)[np.ix_(paper_order, paper_order)]
-    written.append(P.plot_cosine_matrix(cos, L.names(paper_order), out_dir / "fig3_word_cosines.png",
-                                        title="emotion-word cosines (default table: all-MiniLM-L6-v2)"))
-    # Figures 4-5: pair the seed-0 clean cell with each seed-0 noisy cell of the same settings
-    sce = [c for c in cells if c["spec"]["method"] == "sceald" and c["spec"]["seed"] == 0
-           and "beta" not in c["spec"]["overrides"]]
-    clean = next((c for c in sce if c["spec"]["label_noise"] == 0.0), None)
-    for noisy in (c for c in sce if c["spec"]["label_noise"] > 0 and clean is not None):
-        spec_fields = {k: v for k, v in noisy["spec"].items() if k in CellSpec.__dataclass_fields__}
-        train, _, _ = load_splits(CellSpec(**spec_fields))
-        arrays = {}
-        for tag, cell in (("clean", clean), ("noisy", noisy)):
-            folder = run_dir / "cells" / cell["id"] / "extra"
-            arrays[tag] = {k: np.load(folder / f"{k}.npy") for k in ("train_amended_dist", "train_alpha",
-                                                                      "train_labels_used")}
-        true, used = arrays["clean"]["train_labels_used"], arrays["noisy"]["train_labels_used"]
-        picks = first_per_class(true, train.num_classes, mask=used != true)
-        rate = noisy["spec"]["label_noise"]
-        path = out_dir / f"fig4_label_distributions_noise{int(round(rate * 100))}.png"
-        plot_label_distributions(train.images[picks], L.names(train.classes),
-                                 [true[picks], used[picks]],
-                                 [arrays["clean"]["train_amended_dist"][picks], arrays["noisy"]["train_amended_dist"][picks]],
-                                 [arrays["clean"]["train_alpha"][picks], arrays["noisy"]["train_alpha"][picks]],
-                                 ["clean", f"noisy {rate:.0%}"], path)
-        written.append(path)
-    return written
-

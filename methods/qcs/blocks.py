@@ -18,9 +18,10 @@ What is here:
 - ``ThreeScaleTokens``: the front end that turns three backbone stages into 3 x g x g tokens (three
   stride-2 3x3 convolutions, then ``embed_q`` (two stride-2 convs), ``embed_k`` (one) and ``embed_v``
   (a 1x1 projection)), as QCS keeps it from POSTER++ without the landmark branch;
-- ``qcs_small`` (and ``qcs_tiny`` for tests): a small CPU backbone with the three-stage interface of IR-50's first three stages
-  (maps at 1/2, 1/4 and 1/8 of the input), for the ``quick`` and ``test`` profiles;
 - ``BilinearPooling``: the bilinear-pooling connection of the paper's Table 1.
+
+The CPU trunks of the quick and test profiles (``qcs_small``, ``qcs_tiny``) are registry backbones in
+:mod:`fer_bench.models.three_stage`.
 
 Token grids: with stage maps of m, m/2 and m/4 pixels, every scale gives g = ceil(m / 8) tokens a side
 (IR-50 on 112 px: m = 56, g = 7, 147 tokens, as in the paper).
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fer_bench.models.backbones import Backbone, register_backbone, with_stages
+from fer_bench.models.backbones import Backbone
 
 REDUCE = ("batch", "sample")
 MATRICES = ("SD", "S", "D")
@@ -333,48 +334,6 @@ def token_grid(stage_size: int) -> int:
     for _ in range(3):
         g = (g - 1) // 2 + 1
     return g
-
-
-# --------------------------------------------------------------------------------------------------
-# A small three-stage backbone (quick / test profiles)
-
-
-class SmallThreeStage(Backbone):
-    """Three stages of conv3x3-BN-ReLU twice, each starting with stride 2: maps at 1/2, 1/4 and 1/8 of the
-    input with ``widths`` channels, the interface of IR-50's first three stages (64 px in -> 32/16/8 maps,
-    4 x 4 tokens per scale; 112 px -> 56/28/14, 7 x 7 as in the paper)."""
-
-    def __init__(self, widths: Sequence[int] = (16, 32, 64)):
-        super().__init__()
-        def unit(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-                                 nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
-        w1, w2, w3 = widths
-        self.body1, self.body2, self.body3 = unit(3, w1, 2), unit(w1, w2, 2), unit(w2, w3, 2)
-        self.stage_channels = (w1, w2, w3)
-        self.out_dim = self.map_channels = w3
-        self.min_size = 4
-
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        f1 = self.body1(x)                                             # (B, w1, H/2, W/2)
-        f2 = self.body2(f1)                                            # (B, w2, H/4, W/4)
-        return [f1, f2, self.body3(f2)]                                # ..., (B, w3, H/8, W/8)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.forward_stages(x)[-1]
-
-
-@register_backbone
-@with_stages
-def qcs_small(in_size: int = 64, widths: Sequence[int] = (16, 32, 64)) -> Backbone:
-    return SmallThreeStage(widths)
-
-
-@register_backbone
-@with_stages
-def qcs_tiny(in_size: int = 24, widths: Sequence[int] = (8, 8, 16)) -> Backbone:
-    """The ``test`` profile's variant: seconds on a CPU."""
-    return SmallThreeStage(widths)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ supplies, without downloading anything, and ships a default table:
   with a word list, one word a line) and ``read_table`` (our JSON table). Every reader takes the
   words it needs and stops reading once it has them, so a multi-GB file is streamed, not loaded.
 - ``load_vectors(path)`` picks the reader by the file name; ``"default"`` is the committed table
-  ``fer_bench/data/emotion_word_vectors.json``, computed by ``scripts/make_emotion_word_vectors.py``
+  ``methods/sceald/emotion_word_vectors.json``, computed by ``scripts/make_emotion_word_vectors.py``
   from a real pre-trained text embedding model (its name, version and the exact procedure are in
   the table's ``provenance`` header). Random vectors are never used outside tests.
 - ``emotion_vectors(classes, source)`` returns the ``(C, D)`` matrix for a dataset's canonical class
@@ -27,7 +27,7 @@ import numpy as np
 
 from fer_bench import labels as L
 
-DEFAULT_TABLE = Path(__file__).parent / "data" / "emotion_word_vectors.json"
+DEFAULT_TABLE = Path(__file__).with_name("emotion_word_vectors.json")
 
 # Canonical id -> the word SCE-ALD uses for it (section III-A); contempt is the 8-class extension.
 EMOTION_WORDS: dict[int, str] = {

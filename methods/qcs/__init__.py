@@ -14,7 +14,7 @@ so ``predict`` / ``embed`` cost exactly the base network, and ``embed`` returns 
 head (the SE-gated class token).
 
 Paper / code differences and every ablation of the paper's tables are named options (see ``params``);
-the maths lives in :mod:`fer_bench.models.qcs_blocks`, tested against the official code's tensors.
+the maths lives in :mod:`fer_bench_methods.qcs.blocks`, tested against the official code's tensors.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import fer_bench.models.qcs_blocks as QB
+from fer_bench_methods.qcs import blocks as QB
 from fer_bench.data import FERDataset
 from fer_bench.evaluation import MetricSpec
 from fer_bench.method import (QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, SCHEDULE_SPACE, SCHEDULERS, Param, ParameterError,

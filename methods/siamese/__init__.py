@@ -61,93 +61,9 @@ from fer_bench.params import log_uniform
 from fer_bench.models import WeightsUnavailable, build_backbone
 from fer_bench.models.pretrained import SYNTHETIC_FACES, load_trunk
 from fer_bench.registry import register_method
+from fer_bench_methods.siamese.networks import SiameseNet, all_pairs_loss, contrastive_loss, small3  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------------
-# Loss
-
-
-def contrastive_loss(g1: torch.Tensor, g2: torch.Tensor, same: torch.Tensor, margin: float = 1.0,
-                     eps: float = 1e-12) -> torch.Tensor:
-    """Hadsell-Chopra-LeCun contrastive loss averaged over pairs.
-
-    g1, g2: (P, D) outputs of the twins; same: (P,) bool (True = same category, the paper's Y = 0).
-    Same pairs: 1/2 D^2 (from the squared distance directly); different pairs: 1/2 max(0, m - D)^2
-    with D = sqrt(D^2 + eps), so the gradient stays finite at D = 0.
-    """
-    if g1.shape != g2.shape or g1.dim() != 2 or same.shape != g1.shape[:1]:
-        raise ValueError(f"contrastive_loss expects g1, g2 (P, D) and same (P,); got {tuple(g1.shape)}, "
-                         f"{tuple(g2.shape)}, {tuple(same.shape)}.")
-    if len(g1) == 0:
-        return g1.sum() * 0.0
-    dtype = torch.promote_types(g1.dtype, torch.float32)                             # float32 at least (AMP)
-    d2 = (g1.to(dtype) - g2.to(dtype)).pow(2).sum(dim=1)                             # (P,)
-    d = torch.sqrt(d2 + eps)                                                         # (P,)
-    per_pair = torch.where(same, d2, F.relu(margin - d).pow(2))                      # (P,)
-    return 0.5 * per_pair.mean()
-
-
-def all_pairs_loss(z: torch.Tensor, y: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
-    """Contrastive loss over all B(B-1)/2 unordered pairs of a batch: z (B, D), y (B,) labels."""
-    i, j = torch.triu_indices(len(z), len(z), offset=1, device=z.device)             # (2, P)
-    return contrastive_loss(z[i], z[j], y[i] == y[j], margin)
-
-
-# --------------------------------------------------------------------------------------------------
-# Network
-
-
-class SiameseNet(nn.Module):
-    """trunk (three convolutions) -> fc4 -> ReLU -> dropout -> fc5 -> ReLU -> dropout -> fc6 (2 units).
-
-    ``finetune`` (a buffer, so it is saved and checkpointed) is False in the first stage: the trunk
-    then runs without gradient in training mode.
-    """
-
-    def __init__(self, trunk: nn.Module, trunk_dim: int, fc4: int, fc5: int, out_dim: int, dropout: float,
-                 head_init: str = "xavier"):
-        super().__init__()
-        self.trunk = trunk
-        self.head = nn.Sequential(
-            nn.Linear(trunk_dim, fc4), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(fc4, fc5), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(fc5, out_dim))
-        for m in self.head:
-            if isinstance(m, nn.Linear) and head_init == "xavier":                  # paper: Xavier init
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        self.register_buffer("finetune", torch.tensor(False))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and not bool(self.finetune):
-            with torch.no_grad():
-                h = self.trunk(x)                                                    # (B, C, h, w), frozen
-        else:
-            h = self.trunk(x)
-        return self.head(h.flatten(1))                                               # (B, 2)
-
-    features = forward
-
-
-def small3(width: int = 32, pool_conv3: bool = False, batchnorm: bool = False) -> nn.Sequential:
-    """CPU-friendly AlexNet-shaped trunk: conv5x5/2-ReLU-pool3/2, conv5x5-ReLU-pool3/2, conv3x3-ReLU,
-    with BatchNorm between each convolution and its ReLU when ``batchnorm``."""
-    def conv(c_in: int, c_out: int, k: int, stride: int = 1) -> list[nn.Module]:
-        norm = [nn.BatchNorm2d(c_out)] if batchnorm else []
-        return [nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2), *norm, nn.ReLU(inplace=True)]
-
-    layers: list[nn.Module] = [*conv(3, width, 5, stride=2), nn.MaxPool2d(3, 2),
-                               *conv(width, 2 * width, 5), nn.MaxPool2d(3, 2),
-                               *conv(2 * width, 3 * width, 3)]
-    if pool_conv3:
-        layers.append(nn.MaxPool2d(3, 2))
-    return nn.Sequential(*layers)
-
-
-# --------------------------------------------------------------------------------------------------
-# Method
 
 
 @register_method("siamese")
@@ -363,25 +279,18 @@ class Siamese(EmbeddingMethod):
     def after_fit(self, train: FERDataset) -> None:
         if self.select == "best_val":                                                   # the reloaded best weights
             self._snapshot(f"selected (best validation loss, epoch {self.train_info_['best_epoch']:g})")
-        del self.snapshot_images_
+        del self.snapshot_index_
         super().after_fit(train)
 
     def _snapshot(self, label: str) -> None:
         """The 2-D output of a fixed subset of training images now (eval mode, no augmentation)."""
-        if not hasattr(self, "snapshot_images_"):  # first call: the training images are loaded
+        if not hasattr(self, "snapshot_index_"):  # first call: the training images are loaded
             rng = np.random.default_rng([self.seed, 3])
             index = np.sort(rng.permutation(len(self.train_labels_))[: self.snapshot_points])
-            self.snapshot_images_ = self.train_images_[torch.from_numpy(index).to(self.train_images_.device)].cpu()
+            self.snapshot_index_ = torch.from_numpy(index)
             self.snapshot_labels_ = self.train_labels_.cpu().numpy()[index]
-        was_training = self.model_.training
-        self.model_.eval()
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(self.snapshot_images_), self.eval_batch_size):
-                x = self.snapshot_images_[start:start + self.eval_batch_size].to(self.device_).float().div_(255.0)
-                out.append(self.model_((x - self.mean_) / self.std_).float().cpu())       # (b, D)
-        self.model_.train(was_training)
-        self.snapshots_.append((label, torch.cat(out).numpy()))
+        xy = self.map_training_images(index=self.snapshot_index_, device="cpu")     # (n, D)
+        self.snapshots_.append((label, xy.numpy()))
 
     # -- prediction: the base's centroid / kNN classifier, with this paper's soft assignment -------------
     def _centroid_logits(self, emb: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
