@@ -24,6 +24,15 @@ before the run, nothing else running; local executor, two cells at a time, one t
     sceald seed 0        313.7     310     0.1 (0)      294.2 (290)       19.3 (19)         0.0
     job wall 611.5 s, CPU 1120 s; outside cells 11.6 s; reference workload 1.60 s; job / reference 381.9
 
+Again on 2026-12-04 (commit 720cf6c, load average 0.12 before, nothing else running; the VM ran the same
+reference workload 1.7x faster that day, so compare the ratio, not the seconds):
+
+    cell                wall s   cpu s   data s (cpu)   train s (cpu)   evaluate s (cpu)   write s
+    qcs seed 0           317.4     314     3.0 (3)      310.3 (307)        4.1 (4)          0.0
+    sgm seed 0           128.3     124     3.0 (0)      116.5 (115)        8.9 (9)          0.0
+    sceald seed 0        137.6     136     0.1 (0)      125.5 (124)       11.9 (12)         0.0
+    job wall 326.2 s, CPU 594 s; outside cells 8.8 s; reference workload 0.95 s; job / reference 343.0
+
 The target is not met: the job is one QCS cell long (see issue #18's note). Before the parallel executor the
 same cells ran one after another (about 1,120 s here); before the equal budget of issue #16 the job was 418 s
 with far fewer QCS steps.
