@@ -116,13 +116,13 @@ def check_outputs(cls, params, train, test, tmp) -> None:
     emb = method.embed(test)
     assert emb.dtype == np.float32 and emb.ndim == 2 and len(emb) == n, f"embed gave {emb.dtype} {emb.shape}, expected float32 (N, D)."
     assert np.all(np.isfinite(emb)), "embed returned non-finite values."
+    _check_extra_results_are_declared(cls, method, train, test, tmp)   # on the same fit
     assert method.embed(test.images[:1]).shape == (1, emb.shape[1]), "embed of a single image must work."
 
 
-def check_extra_results_are_declared(cls, params, train, test, tmp) -> None:
+def _check_extra_results_are_declared(cls, method: Method, train, test, tmp) -> None:
     """Every figure ``extra_results`` returns is declared (``extra_metrics`` or the harness's metric registry),
     so tables, benchmark files and the report know its scale and direction."""
-    method = _fitted(cls, params, train)
     returned = method.extra_results(Path(tmp) / "extra", train, test)
     undeclared = sorted(n for n in returned if metric_spec(n, cls.extra_metrics) is None)
     assert not undeclared, (f"{cls.display_name()}.extra_results returned {len(undeclared)} undeclared metric(s) "
@@ -253,7 +253,6 @@ CHECKS: list[Callable] = [
     check_params_clone_roundtrip,
     check_outputs,
     check_same_seed_same_predictions,
-    check_extra_results_are_declared,
     check_save_load_roundtrip,
     check_every_trainable_parameter_gets_a_gradient,
     check_beats_its_untrained_network_on_an_easy_dataset,

@@ -252,7 +252,7 @@ def tune(ctx: click.Context, methods: str, dataset: str, data_root: str | None, 
          parallel_trials: int, out: str, device: str, executor: str, plugins: tuple[str, ...], **ray: Any) -> None:
     """Equal-effort tuning: the same TPE search per method on validation, then its best configuration on --seeds."""
     from fer_bench.method import resolve_device
-    from fer_bench.runner import check_run_dir, parse_budget
+    from fer_bench.runner import check_run_dir, expand_grid, parse_budget
     from fer_bench.tables import write_run_outputs
     from fer_bench.tuning import parse_space_options, search_space
     from fer_bench.tuning import tune as run_tuning
@@ -265,10 +265,10 @@ def tune(ctx: click.Context, methods: str, dataset: str, data_root: str | None, 
     if parallel_trials < 1:
         raise ParameterError(f"--parallel-trials must be at least 1, got {parallel_trials}.")
     space_texts = parse_space_options(list(spaces), method_names)
-    for name in method_names:
-        search_space(name, space_texts.get(name))               # bad ranges: exit 2 before any trial
+    resolved = {name: search_space(name, space_texts.get(name)) for name in method_names}  # exit 2 before any trial
     grid = {"sets": parse_overrides(sets, method_names), "device": device, "data_root": data_root,
             "budget": parse_budget(budget)}
+    expand_grid(method_names, [dataset], [0], [0.0], profile, grid["sets"], device, data_root, budget=budget)  # --set
     run_dir = check_run_dir(out)
     runner = make_executor(ctx, executor, plugins, **ray)
     click.echo(f"fer-bench {fer_bench.__version__}: tuning {', '.join(method_names)} on {dataset}, {trials} trials "
@@ -286,7 +286,7 @@ def tune(ctx: click.Context, methods: str, dataset: str, data_root: str | None, 
 
     try:
         summary = run_tuning(method_names, dataset, trials, profile, _split_list(seeds, int, "seeds"), run_dir,
-                             runner, space_texts, sampler_seed, grid, report, parallel_trials)
+                             runner, resolved, sampler_seed, grid, report, parallel_trials)
     except KeyboardInterrupt:
         interrupted(run_dir)
     for name, record in summary.items():

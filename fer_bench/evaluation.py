@@ -158,9 +158,3 @@ def check_metric_name(name: str, where: str, methods: Iterable[Any] = ()) -> Met
 def headline_specs() -> list[MetricSpec]:
     """The run summary's columns, in order."""
     return sorted((s for s in METRICS if s.headline is not None), key=lambda s: s.headline)
-
-
-def is_percent(name: str) -> bool:
-    """Whether tables show ``name`` x100 (undeclared names: yes, as fractions are the common case)."""
-    spec = metric_spec(name)
-    return True if spec is None else spec.percent

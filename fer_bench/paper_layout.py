@@ -156,11 +156,12 @@ def _mark(row_key: tuple, col_key: tuple, table: dict[str, Any], long: pd.DataFr
     if reference is None or not row_fields or row_key[0] == reference:
         return ""
     metrics = [table["metric"]] if isinstance(table["metric"], str) else list(table["metric"])
+    measured = long[long["metric"].isin(metrics)]
 
     def per_seed(key: tuple) -> dict[int, float]:
-        part = long[long["metric"].isin(metrics)]
+        part = measured
         for field, value in zip([*row_fields, *col_fields], [*key, *col_key]):
-            part = part[part[field] == value] if field in part.columns else part
+            part = part[part[field] == value]
         return part.groupby("seed")["value"].mean().to_dict()
 
     result = paired_over_seeds(per_seed(row_key), per_seed((reference, *row_key[1:])))

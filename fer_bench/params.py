@@ -194,10 +194,6 @@ def uniform(low: float, high: float) -> Space:
     return Space("uniform", float(low), float(high))
 
 
-def int_range(low: int, high: int) -> Space:
-    return Space("int", int(low), int(high))
-
-
 def choice(*values: Any) -> Space:
     return Space("choice", choices=tuple(values))
 

@@ -133,16 +133,13 @@ FLOOR_MARGIN = 0.01   # a final validation accuracy within 1 point of the majori
                higher_is_better=False),
 ])
 def floor(x: EvalInputs) -> dict[str, float]:
+    """``val_floor_accuracy`` (the validation accuracy of predicting the training set's majority class),
+    ``final_val_accuracy`` (the learning curve's last point) and ``at_floor`` (1.0 within ``FLOOR_MARGIN``)."""
     curve = getattr(x.method, "train_info_", {}).get("curve", [])
     if not curve or "val_accuracy" not in curve[-1]:
         return {}
-    return floor_metrics(x.train.labels, x.val.labels, curve[-1]["val_accuracy"])
-
-
-def floor_metrics(train_labels: np.ndarray, val_labels: np.ndarray, final_val_accuracy: float) -> dict[str, float]:
-    """``val_floor_accuracy`` (the validation accuracy of predicting the training set's majority class),
-    ``final_val_accuracy`` and ``at_floor`` (1.0 when the final accuracy is within ``FLOOR_MARGIN`` of it)."""
-    majority = np.bincount(np.asarray(train_labels)).argmax()
-    floor_accuracy = float((np.asarray(val_labels) == majority).mean())
-    return {"val_floor_accuracy": floor_accuracy, "final_val_accuracy": float(final_val_accuracy),
-            "at_floor": float(final_val_accuracy <= floor_accuracy + FLOOR_MARGIN)}
+    majority = np.bincount(np.asarray(x.train.labels)).argmax()
+    floor_accuracy = float((np.asarray(x.val.labels) == majority).mean())
+    final = float(curve[-1]["val_accuracy"])
+    return {"val_floor_accuracy": floor_accuracy, "final_val_accuracy": final,
+            "at_floor": float(final <= floor_accuracy + FLOOR_MARGIN)}

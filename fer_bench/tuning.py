@@ -74,17 +74,20 @@ def parse_space_options(items: list[str], methods: list[str]) -> dict[str, dict[
 
 
 def _trial_spec(method: str, dataset: str, profile: str, seed: int, params: dict[str, Any], grid: dict) -> CellSpec:
-    sets = {**grid.get("sets", {}).get(method, {}), **grid.get("sets", {}).get("*", {})}
-    overrides = {method: {**{k: str(v) for k, v in sets.items()}, **{k: repr(v) if isinstance(v, float) else str(v)
-                                                                      for k, v in params.items()}}}
+    """The cell of one trial: the run's ``--set`` values (``*`` applied by ``expand_grid`` as in ``run``) with the
+    trial's values over the method's own (str of a float round-trips exactly)."""
+    sets, declared = grid.get("sets", {}), get_method(method).params
+    overrides = {"*": {k: v for k, v in sets.get("*", {}).items() if k in declared},   # checked over the run
+                 method: {**sets.get(method, {}), **{k: str(v) for k, v in params.items()}}}
     return expand_grid([method], [dataset], [seed], [0.0], profile, overrides, grid.get("device", "auto"),
                        grid.get("data_root"), budget=grid.get("budget"), threads=grid.get("threads", 1))[0]
 
 
 def tune(methods: list[str], dataset: str, trials: int, profile: str, seeds: list[int], run_dir: Path,
-         executor: Any, spaces: dict[str, dict[str, str]] | None = None, sampler_seed: int = 0,
+         executor: Any, spaces: dict[str, dict[str, Space]], sampler_seed: int = 0,
          grid: dict | None = None, on_event: Callable | None = None, parallel: int = 1) -> dict[str, Any]:
-    """Tune each method with ``trials`` trials, then train its best configuration on ``seeds``; returns (and
+    """Tune each method with ``trials`` trials over ``spaces[method]`` (``search_space``: checked by the caller
+    before any work), then train its best configuration on ``seeds``; returns (and
     writes to ``<run_dir>/tuning.json``) per method the space, the best parameters and value and the history."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -92,14 +95,13 @@ def tune(methods: list[str], dataset: str, trials: int, profile: str, seeds: lis
     if trials < 1:
         raise ParameterError(f"--trials must be at least 1, got {trials}.")
     grid = grid or {}
-    resolved = {m: search_space(m, (spaces or {}).get(m)) for m in methods}       # every usage error first
     trial_dir = run_dir / TRIALS_DIR
     trial_dir.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(trial_dir / STUDY_FILE).resolve()}")
     summary: dict[str, Any] = {}
     final: list[CellSpec] = []
     for method in methods:
-        space = resolved[method]
+        space = spaces[method]
         distributions = {name: s.distribution() for name, s in space.items()}
         study = optuna.create_study(study_name=f"{method}|{dataset}|{profile}|seed{seeds[0]}", storage=storage,
                                     direction="maximize", load_if_exists=True)

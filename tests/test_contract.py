@@ -21,3 +21,17 @@ def test_profile_check_names_a_misspelt_dataset_key(tmp_path):
     with pytest.raises(AssertionError, match=r"dataset 'raf-db', which is not registered.*Did you mean 'rafdb'"):
         checks.check_profile_tables(MisspeltQCS, {}, None, None, tmp_path)
     checks.check_profile_tables(qcs, {}, None, None, tmp_path)   # the real tables pass
+
+
+def test_an_undeclared_extra_result_fails_the_contract(tmp_path):
+    majority = get_method("majority")
+
+    class Chatty(majority):
+        registered_name = "chatty"
+
+        def extra_results(self, out_dir, train, test):
+            return {"secret_score": 1.0}
+
+    params = {**Chatty.resolve_params("test"), "device": "cpu"}
+    with pytest.raises(AssertionError, match=r"returned 1 undeclared metric\(s\) \(secret_score\)"):
+        checks.check_outputs(Chatty, params, checks.toy_dataset(), checks.toy_dataset(n=30, split="test"), tmp_path)

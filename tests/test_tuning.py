@@ -102,3 +102,20 @@ def test_the_report_of_a_tuning_run_shows_the_search_history(tmp_path):
     page = write_report(out).read_text()
     assert "Equal-effort tuning: 3 trials per method" in page and "plots/tuning_history.png" in page
     assert (out / "plots" / "tuning_history.png").stat().st_size > 5_000
+
+
+def test_a_trials_cell_takes_method_sets_over_star_sets_and_its_own_values_over_both():
+    from fer_bench.tuning import _trial_spec
+    grid = {"sets": {"*": {"epochs": "2", "margin": "0.3"}, "baseline": {"epochs": "3", "lr": "0.5"}}, "device": "cpu"}
+    spec = _trial_spec("baseline", TINY, "test", 0, {"lr": 0.00123}, grid)       # '*'.margin: baseline has none
+    assert spec.params["epochs"] == 3 and spec.params["lr"] == 0.00123
+
+
+@pytest.mark.parametrize("held, message", [
+    ("baseline.lr=-1", "The 'lr' parameter of baseline must be a float in (0, inf). Got '-1' instead."),
+    ("*.margn=1", "--set '*.margn': no method of this run has a parameter 'margn'"),
+])
+def test_bad_fixed_values_are_usage_errors_before_any_trial(held, message, tmp_path):
+    out = tmp_path / "tune"
+    proc = cli(*TUNE, "--set", held, "--out", str(out), check=False)
+    assert proc.returncode == 2 and message in proc.stderr and not (out / "trials").exists(), proc.stderr
