@@ -23,7 +23,7 @@ from fer_bench import plots as P
 from fer_bench.fileio import atomic_write_text
 from fer_bench.paper_layout import layout_markdown
 from fer_bench.store import STORE_NAME, Store, init_label
-from fer_bench.tables import _slug, load_benchmark, paper_table, summarize, summary_markdown, table_specs
+from fer_bench.tables import _grids, _slug, load_benchmark, paper_table, summarize, summary_markdown, table_long, table_settings
 
 REPORT_NAME = "report.html"
 # the run's figures by file-name prefix, in the order the page shows them
@@ -68,9 +68,9 @@ def _benchmark_report(path: Path, results_root: Path) -> Path:
     with Store(run_dir / STORE_NAME) as store:
         ids = []
         for table in spec["tables"]:
-            specs = table_specs(table)
-            ids += [s.cell_id for s in specs]
-            long = store.metrics_frame([s.cell_id for s in specs])
+            settings = table_settings(table, results_root=results_root)
+            ids += [s.cell_id for _, s in settings]
+            long = table_long(store, settings)
             scale = float(table.get("scale", 100.0))
             body = layout_markdown(table, paper_table(table, long), long, scale, tablefmt="html")
             metric = table["metric"] if isinstance(table["metric"], str) else ", ".join(table["metric"])
@@ -79,7 +79,13 @@ def _benchmark_report(path: Path, results_root: Path) -> Path:
                 f"Metric: `{metric}` (x{table.get('scale', 100)})\n\n{body}" + (f"\n\n{notes}" if notes else ""))})
         cells = list(store.cells(list(dict.fromkeys(ids))))
         write_cost_plots(run_dir / "plots", store.metrics_frame([c["id"] for c in cells]))
+    searches = list(dict.fromkeys(results_root / g["tuned"]["dir"] for t in spec["tables"] for g in _grids(t)
+                                  if "tuned" in g))
+    for search in searches:                       # the tuned grids' search histories, after the tables
+        sections += _tuning_sections(search)
     figures = _figures(out_dir, run_dir / "plots") + _figures(out_dir, out_dir / "figures", "Method figures")
+    figures += [group for search in searches if search.resolve().is_relative_to(out_dir.resolve())
+                for group in _figures(out_dir, search / "plots", f"Search history: {search.name}", prefixes=False)]
     figures += _figures(out_dir, out_dir, "Benchmark figures", prefixes=False)
     return _render(out_dir / REPORT_NAME, title=spec.get("title", spec["name"]), sections=sections, figures=figures,
                    cells=_cell_rows(cells), manifest=_manifest(run_dir), description=spec.get("description", ""))
@@ -122,8 +128,8 @@ def _tuning_sections(run_dir: Path) -> list[dict[str, str]]:
              for m, r in record["methods"].items()]
     text = (f"Equal-effort tuning: {record['trials']} trials per method, {record['sampler']} sampler (seed "
             f"{record['sampler_seed']}), scored on validation; the best configuration trained on seeds "
-            f"{', '.join(map(str, record['seeds']))} (the summary above).\n\n" + "\n".join(lines))
-    return [{"title": "Tuning", "html": _blocks_html(text)}]
+            f"{', '.join(map(str, record['seeds']))}.\n\n" + "\n".join(lines))
+    return [{"title": f"Tuning on {record['dataset']}", "html": _blocks_html(text)}]
 
 
 def _figures(page_dir: Path, folder: Path, title: str | None = None, prefixes: bool = True) -> list[dict[str, Any]]:

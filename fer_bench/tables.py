@@ -296,7 +296,11 @@ def _slug(text: str) -> str:
 BENCHMARK_KEYS = {"name", "title", "description", "reuse", "figures", "tables"}
 TABLE_KEYS = {"name", "title", "metric", "scale", "rows", "layout", "grid", "published", "notes"}
 GRID_KEYS = {"methods", "datasets", "test_datasets", "seeds", "profile", "label_noise", "noise_kind", "noise_matrix",
-             "set", "budget"}
+             "set", "budget", "tuned"}
+# A grid's ``tuned``: the equal-effort search (fer_bench.tuning) whose best configuration per method gives the
+# table's ``setting: tuned`` rows, next to the grid's own ``setting: default`` rows.
+TUNED_KEYS = {"dir", "trials", "budget", "space", "sampler_seed"}
+SETTING = "setting"
 
 
 def load_benchmark(path: str | Path) -> dict[str, Any]:
@@ -319,6 +323,8 @@ def load_benchmark(path: str | Path) -> dict[str, Any]:
             _check_keys(grid, GRID_KEYS, f"{path.name} table {table.get('name')!r} grid")
             if "methods" not in grid:
                 raise ValueError(f"{path.name} table {table['name']!r}: a grid has no 'methods' list.")
+            if "tuned" in grid:
+                _check_tuned(grid, table, path.name)
         _check_table_metrics(table, path.name)
         _check_keys(table.get("layout") or {}, LAYOUT_KEYS, f"{path.name} table {table.get('name')!r} layout")
         layout_fields(table)
@@ -328,6 +334,24 @@ def load_benchmark(path: str | Path) -> dict[str, Any]:
                                  f"'source' (paper, table, protocol); got {entry}.")
     spec.setdefault("name", path.stem)
     return spec
+
+
+def _check_tuned(grid: dict[str, Any], table: dict[str, Any], filename: str) -> None:
+    """A tuned grid: a mapping with ``dir`` and ``trials``, one dataset (a search is per dataset), and ``setting``
+    among the table's rows (else default and tuned cells would be averaged together)."""
+    where = f"{filename} table {table['name']!r} grid 'tuned'"
+    tuned = grid["tuned"]
+    if not isinstance(tuned, dict) or "dir" not in tuned or "trials" not in tuned:
+        raise ValueError(f"{where} must be a mapping with at least 'dir' (the tuning run, under the results root) "
+                         f"and 'trials'; e.g. tuned: {{dir: reality-check/tune, trials: 12}}.")
+    _check_keys(tuned, TUNED_KEYS, where)
+    if len(grid.get("datasets", ["synthetic"])) != 1:
+        raise ValueError(f"{where}: a tuned grid has one dataset (the search is per dataset); split it into one grid "
+                         f"per dataset, each with its own 'dir'.")
+    rows = table.get("rows", ["method", "dataset"])
+    if SETTING not in ([rows] if isinstance(rows, str) else rows):
+        raise ValueError(f"{where}: add '{SETTING}' to the table's rows (or layout columns), so default and tuned "
+                         f"cells are not averaged together.")
 
 
 def _check_table_metrics(table: dict[str, Any], filename: str) -> None:
@@ -350,9 +374,31 @@ def _grids(table: dict[str, Any]) -> list[dict[str, Any]]:
     return list(grid) if isinstance(grid, list) else [grid]
 
 
-def table_specs(table: dict[str, Any], data_root: str | None = None, device: str = "auto") -> list:
-    """The CellSpecs of one benchmark table's grid (or grids)."""
-    return [spec for grid in _grids(table) for spec in _grid_specs(grid, data_root, device)]
+def table_specs(table: dict[str, Any], data_root: str | None = None, device: str = "auto",
+                results_root: str | Path = "results") -> list:
+    """The CellSpecs of one benchmark table's grid (or grids), default and tuned."""
+    return [spec for _, spec in table_settings(table, data_root, device, results_root)]
+
+
+def table_settings(table: dict[str, Any], data_root: str | None = None, device: str = "auto",
+                   results_root: str | Path = "results") -> list[tuple[str, Any]]:
+    """(setting, CellSpec) of a table: every grid's cells as ``default``; a grid with ``tuned`` adds its
+    methods with the best configuration of its finished search (none yet: no tuned cells) as ``tuned``."""
+    from fer_bench.tuning import SUMMARY_FILE, best_params, configured_specs
+
+    out = []
+    for grid in _grids(table):
+        out += [("default", spec) for spec in _grid_specs(grid, data_root, device)]
+        tuned_dir = Path(results_root) / grid["tuned"]["dir"] if "tuned" in grid else None
+        if tuned_dir is None or not (tuned_dir / SUMMARY_FILE).is_file():
+            continue
+        best, context = best_params(tuned_dir), _grid_context(grid, data_root, device)
+        for method in grid["methods"]:
+            if method in best:
+                out += [("tuned", spec) for spec in configured_specs(
+                    method, list(grid.get("datasets", ["synthetic"])), grid.get("profile", "quick"),
+                    list(grid.get("seeds", [0])), best[method], context)]
+    return out
 
 
 def _grid_specs(grid: dict[str, Any], data_root: str | None, device: str) -> list:
@@ -365,6 +411,45 @@ def _grid_specs(grid: dict[str, Any], data_root: str | None, device: str) -> lis
                        [float(r) for r in grid.get("label_noise", [0.0])], grid.get("profile", "quick"),
                        parse_overrides(sets, methods), device, data_root, grid.get("noise_kind", "symmetric"),
                        grid.get("test_datasets"), _noise_matrix(grid.get("noise_matrix")), grid.get("budget"))
+
+
+def table_long(store: Store, settings: list[tuple[str, Any]]) -> pd.DataFrame:
+    """The store's long metrics of a table's cells with their ``setting`` column (a cell may be in both)."""
+    parts = [store.metrics_frame([s.cell_id for name, s in settings if name == setting]).assign(**{SETTING: setting})
+             for setting in dict.fromkeys(name for name, _ in settings)]
+    return pd.concat(parts, ignore_index=True) if parts else store.metrics_frame([]).assign(**{SETTING: None})
+
+
+def _grid_context(grid: dict[str, Any], data_root: str | None, device: str, budget: Any = "grid") -> dict:
+    """The ``grid`` mapping of fer_bench.tuning (``--set`` values, device, data root, budget) of a table grid."""
+    from fer_bench.method import parse_overrides
+    from fer_bench.runner import parse_budget
+
+    methods = list(grid["methods"])
+    sets = parse_overrides([f"{k}={v}" for k, v in (grid.get("set") or {}).items()], methods)
+    return {"sets": sets, "device": device, "data_root": data_root,
+            "budget": parse_budget(grid.get("budget") if budget == "grid" else budget)}
+
+
+def run_tuned_searches(spec: dict[str, Any], results_root: Path, executor: Any, data_root: str | None,
+                       device: str, on_event=None) -> None:
+    """Run (or resume; finished trials are not rerun) the search of every tuned grid of a benchmark: each method
+    of the grid that declares a search space, ``trials`` trials at the search's own ``budget`` on the grid's first
+    seed, scored on validation only."""
+    from fer_bench.tuning import parse_space_options, search_space, tune
+
+    for table in spec["tables"]:
+        for grid in _grids(table):
+            if "tuned" not in grid:
+                continue
+            tuned = grid["tuned"]
+            methods = [m for m in grid["methods"] if any(p.search for p in get_method(m).params.values())]
+            texts = parse_space_options([f"{k}={v}" for k, v in (tuned.get("space") or {}).items()], methods)
+            spaces = {m: search_space(m, texts.get(m)) for m in methods}
+            tune(methods, grid.get("datasets", ["synthetic"])[0], int(tuned["trials"]), grid.get("profile", "quick"),
+                 [list(grid.get("seeds", [0]))[0]], results_root / tuned["dir"], executor, spaces,
+                 int(tuned.get("sampler_seed", 0)), _grid_context(grid, data_root, device, tuned.get("budget")),
+                 on_event=on_event)
 
 
 def _noise_matrix(value: Any) -> dict | None:
@@ -409,16 +494,22 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
     ones that do not exist are passed over) are imported, not run again.
     """
     from fer_bench.runner import LocalExecutor, run_grid
+    from fer_bench.tuning import TRIALS_DIR
 
     spec = load_benchmark(benchmark_path)
     out_dir = Path(results_root) / spec["name"]
     run_dir = out_dir / "run"
-    per_table = [(table, table_specs(table, data_root, device)) for table in spec["tables"]]
+    executor = executor or LocalExecutor(progress=None)
     if run:
-        cells = {s.cell_id: s for _, specs in per_table for s in specs}
+        run_tuned_searches(spec, Path(results_root), executor, data_root, device, on_event)
+    per_table = [(table, table_settings(table, data_root, device, results_root)) for table in spec["tables"]]
+    if run:
+        cells = {s.cell_id: s for _, settings in per_table for _, s in settings}
         declared = [Path(results_root) / d for d in spec.get("reuse") or []]
-        sources = [*reuse, *(d for d in declared if (d / STORE_NAME).is_file())]
-        run_grid(list(cells.values()), run_dir, executor or LocalExecutor(progress=None), on_event=on_event,
+        searches = [Path(results_root) / g["tuned"]["dir"] / TRIALS_DIR for t in spec["tables"] for g in _grids(t)
+                    if "tuned" in g]
+        sources = [*reuse, *(d for d in [*declared, *searches] if (d / STORE_NAME).is_file())]
+        run_grid(list(cells.values()), run_dir, executor, on_event=on_event,
                  reuse=sources, need_artifacts=False)  # tables read metrics; committed results keep no cell folders
     if not (run_dir / STORE_NAME).is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} has no results yet; run 'fer-bench tables {benchmark_path}' "
@@ -426,10 +517,10 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
     written = []
     with Store(run_dir / STORE_NAME) as store:
         if spec.get("figures"):
-            ids = [s.cell_id for _, specs in per_table for s in specs]
+            ids = [s.cell_id for _, settings in per_table for _, s in settings]
             written += copy_cell_figures(store, run_dir, out_dir / "figures", ids, set(spec["figures"]))
-        for table, specs in per_table:
-            long = store.metrics_frame([s.cell_id for s in specs])
+        for table, settings in per_table:
+            long = table_long(store, settings)
             frame = paper_table(table, long)
             csv_path = out_dir / f"{table['name']}.csv"
             atomic_write_text(csv_path, frame.to_csv(index=False, float_format="%.4f"))

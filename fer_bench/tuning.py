@@ -74,13 +74,29 @@ def parse_space_options(items: list[str], methods: list[str]) -> dict[str, dict[
 
 
 def _trial_spec(method: str, dataset: str, profile: str, seed: int, params: dict[str, Any], grid: dict) -> CellSpec:
-    """The cell of one trial: the run's ``--set`` values (``*`` applied by ``expand_grid`` as in ``run``) with the
-    trial's values over the method's own (str of a float round-trips exactly)."""
+    """The cell of one trial (see ``configured_specs``)."""
+    return configured_specs(method, [dataset], profile, [seed], params, grid)[0]
+
+
+def configured_specs(method: str, datasets: list[str], profile: str, seeds: list[int], params: dict[str, Any],
+                     grid: dict) -> list[CellSpec]:
+    """Cells of ``method`` with the tuned ``params``: the run's ``--set`` values (``*`` applied by ``expand_grid``
+    as in ``run``) with ``params`` over the method's own (str of a float round-trips exactly), at the grid's
+    budget. A trial and a table's tuned row at the same budget and seed are the same cell."""
     sets, declared = grid.get("sets", {}), get_method(method).params
     overrides = {"*": {k: v for k, v in sets.get("*", {}).items() if k in declared},   # checked over the run
                  method: {**sets.get(method, {}), **{k: str(v) for k, v in params.items()}}}
-    return expand_grid([method], [dataset], [seed], [0.0], profile, overrides, grid.get("device", "auto"),
-                       grid.get("data_root"), budget=grid.get("budget"), threads=grid.get("threads", 1))[0]
+    return expand_grid([method], datasets, seeds, [0.0], profile, overrides, grid.get("device", "auto"),
+                       grid.get("data_root"), budget=grid.get("budget"), threads=grid.get("threads", 1))
+
+
+def best_params(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """{method: best parameters} of a finished ``fer-bench tune`` run, from its ``tuning.json``."""
+    path = Path(run_dir) / SUMMARY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist: the tuning has not finished; run 'fer-bench tune "
+                                f"... --out {run_dir}' (or 'fer-bench tables' without --no-run) first.")
+    return {method: entry["best_params"] for method, entry in json.loads(path.read_text())["methods"].items()}
 
 
 def tune(methods: list[str], dataset: str, trials: int, profile: str, seeds: list[int], run_dir: Path,

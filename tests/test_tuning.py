@@ -119,3 +119,52 @@ def test_bad_fixed_values_are_usage_errors_before_any_trial(held, message, tmp_p
     out = tmp_path / "tune"
     proc = cli(*TUNE, "--set", held, "--out", str(out), check=False)
     assert proc.returncode == 2 and message in proc.stderr and not (out / "trials").exists(), proc.stderr
+
+
+TUNED_BENCHMARK = f"""
+name: tuned-demo
+tables:
+  - name: accuracy
+    metric: accuracy
+    rows: [method, setting, dataset]
+    layout: {{columns: setting}}
+    grid:
+      methods: [baseline, majority]
+      datasets: ["{TINY}"]
+      seeds: [0, 1]
+      profile: test
+      tuned: {{dir: tuned-demo/tune, trials: 2, budget: "epochs=1", space: {{baseline.lr: "log:1e-3:1e-2"}}}}
+"""
+
+
+def test_a_benchmark_table_shows_default_against_tuned_and_regenerates_without_running(tmp_path):
+    from fer_bench.tables import write_paper_tables
+
+    bench = tmp_path / "tuned-demo.yaml"
+    bench.write_text(TUNED_BENCHMARK)
+    results = tmp_path / "results"
+    write_paper_tables(bench, results, run=True, device="cpu")
+    record = json.loads((results / "tuned-demo" / "tune" / "tuning.json").read_text())
+    assert list(record["methods"]) == ["baseline"] and len(record["methods"]["baseline"]["trials"]) == 2
+    assert record["methods"]["baseline"]["space"]["lr"] == "log:0.001:0.01"       # the file's space over the declared
+    table = (results / "tuned-demo" / "accuracy.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| method"))
+    assert "default" in header and "tuned" in header, table
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["baseline"].count("(n=2)") == 2 and rows["majority"].count("(n=2)") == 1   # majority: nothing to tune
+    before = {p: p.read_bytes() for p in (results / "tuned-demo").glob("*.*")}
+    write_paper_tables(bench, results, run=False)
+    assert {p: p.read_bytes() for p in (results / "tuned-demo").glob("*.*")} == before
+
+
+def test_a_tuned_grid_must_keep_default_and_tuned_apart(tmp_path):
+    from fer_bench.tables import load_benchmark
+
+    bench = tmp_path / "bad.yaml"
+    bench.write_text(TUNED_BENCHMARK.replace("rows: [method, setting, dataset]", "rows: [method, dataset]")
+                     .replace("layout: {columns: setting}", "layout: {columns: dataset}"))
+    with pytest.raises(ValueError, match="add 'setting' to the table's rows"):
+        load_benchmark(bench)
+    bench.write_text(TUNED_BENCHMARK.replace("trials: 2,", ""))
+    with pytest.raises(ValueError, match="must be a mapping with at least 'dir'"):
+        load_benchmark(bench)
