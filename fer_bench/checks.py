@@ -60,7 +60,8 @@ def _fitted(cls: type[Method], params: dict, train: FERDataset) -> Method:
 
 def check_profile_tables(cls, params, train, test, tmp) -> None:
     """Every profile of the method resolves, and every per-dataset table of a profile (``datasets``) names a
-    registered dataset and resolves too: a misspelt dataset key would otherwise never apply, silently."""
+    registered dataset and resolves too: a misspelt dataset key would otherwise never apply, silently; every
+    per-initialisation table (``inits``) resolves with its weights."""
     known = DATASETS.names()
     unknown_profiles = sorted(set(cls.profiles) - set(PROFILES))
     assert not unknown_profiles, (f"{cls.display_name()}: profile {unknown_profiles[0]!r} is not a fer-bench profile "
@@ -72,6 +73,11 @@ def check_profile_tables(cls, params, train, test, tmp) -> None:
                                       f"{dataset!r}, which is not registered, so it never applies. "
                                       f"{unknown_name_message('dataset', dataset, known)}")
             cls.resolve_params(profile, dataset)
+        for init in table.get("inits", {}):
+            assert "pretrained" in cls.params and init not in (None, "none"), (
+                f"{cls.display_name()}: the {profile!r} profile has an 'inits' table for {init!r}, but only a "
+                f"method with a 'pretrained' parameter can have one, keyed by a weights name.")
+            cls.resolve_params(profile, overrides={"pretrained": init})
 
 
 def check_unknown_parameter_rejected(cls, params, train, test, tmp) -> None:

@@ -140,15 +140,21 @@ class Method:
     @classmethod
     def resolve_params(cls, profile: str = "quick", dataset: str | None = None,
                        overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Declared defaults <- profile <- paper per-dataset values <- overrides, checked."""
+        """Declared defaults <- profile <- paper per-dataset values <- per-initialisation values <- overrides,
+        checked. A profile's ``inits`` table ({weights name: values}) applies when the resolved ``pretrained``
+        is that name: hyperparameters chosen for fine-tuning those weights, which the random-init regime
+        (``pretrained=None``) of the same profile does not get."""
         if profile not in PROFILES:
             raise ParameterError(f"Unknown profile {profile!r}; allowed: {', '.join(PROFILES)}.")
         table = dict(cls.profiles.get(profile, {}))
-        per_dataset = table.pop("datasets", {})
+        per_dataset, per_init = table.pop("datasets", {}), table.pop("inits", {})
         values = {name: spec.default for name, spec in cls.params.items()}
         values.update(table)
         if dataset is not None:
             values.update(per_dataset.get(dataset, {}))
+        if per_init:
+            init = cls.params["pretrained"].check({**values, **(overrides or {})}.get("pretrained"))
+            values.update(per_init.get(init, {}))
         values.update(overrides or {})
         return cls(**values).get_params()  # validates, coerces strings
 

@@ -44,6 +44,9 @@ class Param:
     doc: str = ""
     validate: Callable[[Any], None] | None = None   # a further check of the coerced value; raises ValueError(why)
     search: "Space | None" = None                    # the tuning range (fer-bench tune); None: not tuned
+    # a parameter added after cells were stored, whose default computes what those cells computed: a cell at
+    # the default leaves it out of its id, so committed results keep their ids (fer_bench.runner.CellSpec)
+    id_neutral: bool = False
 
     def describe(self) -> str:
         if self.choices is not None:

@@ -35,7 +35,7 @@ from fer_bench.data.dataset import dataset_record
 from fer_bench.data.noise import confusion_for, labels_hash, noisy_labels
 from fer_bench.evaluation import EvalInputs, evaluate
 from fer_bench.method import ParameterError, TorchMethod
-from fer_bench.registry import get_method, load_plugin_sources
+from fer_bench.registry import METHODS, get_method, load_plugin_sources
 import fer_bench.reports  # noqa: F401  (registers the built-in reports that evaluate() runs)
 from fer_bench.store import STORE_NAME, Store
 
@@ -88,8 +88,13 @@ class CellSpec:
             # a cell from random init keeps the id it had before the quick profiles started from pretrained
             # trunks (#17), when random init needed no override: the resolved parameters are the same
             payload["overrides"] = {k: v for k, v in self.overrides.items() if k != "pretrained"}
-        payload["params"] = {k: v for k, v in self.params.items() if k != "device"}
+        payload["params"] = {k: v for k, v in self.params.items() if k != "device" and not self._id_neutral(k, v)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _id_neutral(self, name: str, value: Any) -> bool:
+        """A parameter declared ``id_neutral`` at its default: left out of the id (see fer_bench.params.Param)."""
+        param = METHODS.get(self.method).params.get(name) if self.method in METHODS else None
+        return param is not None and param.id_neutral and value == param.default
 
     @property
     def dataset_label(self) -> str:

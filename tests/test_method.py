@@ -47,6 +47,37 @@ def test_paper_profile_can_differ_per_dataset():
     assert PerDataset.resolve_params("paper", "ferplus")["alpha"] == 2.0
 
 
+def test_a_profile_can_set_values_for_one_initialisation_and_overrides_still_win():
+    class PerInit(Method):
+        params = {"alpha": Param(1.0, float), "pretrained": Param("faces", str, none_ok=True)}
+        profiles = {"quick": {"alpha": 2.0, "inits": {"faces": {"alpha": 3.0}}}}
+
+    assert PerInit.resolve_params("quick")["alpha"] == 3.0                               # the default init
+    assert PerInit.resolve_params("quick", overrides={"pretrained": "none"})["alpha"] == 2.0   # scratch: not applied
+    assert PerInit.resolve_params("quick", overrides={"alpha": "5"})["alpha"] == 5.0
+
+
+def test_a_parameter_added_as_id_neutral_keeps_the_ids_of_cells_at_its_default():
+    from fer_bench.registry import METHODS, register_method
+    from fer_bench.runner import expand_grid
+
+    class Before(Method):
+        params = {"alpha": Param(1.0, float)}
+
+    class After(Method):
+        params = {"alpha": Param(1.0, float), "beta": Param(None, float, none_ok=True, id_neutral=True)}
+
+    ids = []
+    for cls in (Before, After, After):
+        register_method("id_probe")(cls)
+        try:
+            sets = {"id_probe": {"beta": "0.5"}} if len(ids) == 2 else {}
+            ids.append(expand_grid(["id_probe"], ["synthetic"], [0], [0.0], "quick", sets, "cpu", None)[0].cell_id)
+        finally:
+            METHODS.unregister("id_probe")
+    assert ids[0] == ids[1] != ids[2]                    # at its default: the old id; set: a new cell
+
+
 def test_parse_overrides():
     assert parse_overrides(["baseline.lr=1e-3", "*.epochs=2"], ["baseline"]) == {"baseline": {"lr": "1e-3"}, "*": {"epochs": "2"}}
     with pytest.raises(ParameterError, match="method.param=value"):

@@ -239,3 +239,26 @@ def test_dgms_splits_classes_and_scores_subclasses_against_a_known_factor(tmp_pa
     test_sub = np.load(tmp_path / "test_subclass.npy")
     assert np.all(m.parent_.numpy()[test_sub] == test.labels)
     assert m.predict_proba(test).shape == (24, 3)
+
+
+def test_init_spread_rescales_the_embedding_layer_to_the_asked_spread_and_leaves_batchnorm_alone():
+    from fer_bench.models import build_backbone
+    from fer_bench_methods.sgm import EmbeddingNet, scale_to_spread
+
+    torch.manual_seed(0)
+    net = EmbeddingNet(build_backbone("smallcnn", pretrained=None, in_size=24), 16)
+    x = torch.randn(64, 3, 24, 24) * 3.0
+    stats = {k: v.clone() for k, v in net.named_buffers()}
+    factor = scale_to_spread(net, x, sigma=0.5, target=16.0)
+    assert all(torch.equal(v, stats[k]) for k, v in net.named_buffers())            # running stats restored
+    net.train()
+    with torch.no_grad():
+        z = net(x)
+    spread = torch.cdist(z, z).pow(2).mean() / (2 * 0.5 ** 2)
+    assert spread.item() == pytest.approx(16.0, rel=1e-4) and factor != pytest.approx(1.0, abs=1e-3)
+
+
+def test_sgm_with_init_spread_fits_and_reports_its_factor():
+    train, test = toy_dataset(n=48, size=24), toy_dataset(n=24, size=24, split="test")
+    method = SGM(**SGM.resolve_params("test", None, {"init_spread": 8.0, "device": "cpu"})).fit(train)
+    assert method.spread_scale_ > 0 and method.predict(test).shape == (len(test),)

@@ -48,8 +48,9 @@ class DGMS(SGM):
         "test": {"epochs": 2, "image_size": 24, "n_per_class": 8, "eval_batch_size": 64, "levels": 2, "mc": 4,
                  "gmm_covariance": "diag"},
         # Quick: the budget's 10 epochs over 3 levels (3, 4 and 3 epochs), constant lr as SGM's quick.
+        # From the face-pretrained trunk, init_spread 16 as SGM's quick profile (the same loss on the same trunk).
         "quick": {"epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 1e-3, "scheduler": "none", "levels": 3,
-                  "pretrained": QUICK_INIT},
+                  "pretrained": QUICK_INIT, "inits": {QUICK_INIT: {"init_spread": 16.0}}},
         # Section 4.2.3: ResNet18, Adam lr 1e-4, batch 640, 500 epochs, L = 5; Mc = 10 from train_mitosis.py.
         # ``epochs`` is the whole fit: 500 = 100 per level x 5 levels.
         "paper": {"backbone": "resnet18", "pretrained": "imagenet", "image_size": 112, "epochs": 500, "levels": 5,
@@ -64,6 +65,7 @@ class DGMS(SGM):
         if self.epochs < self.levels:
             raise ParameterError(f"dgms: epochs ({self.epochs}) is the whole fit and must be >= levels ({self.levels}), "
                                  f"so that every level trains; raise epochs or lower levels.")
+        super().on_fit_start(train)
         self.class_labels_ = self.train_labels_.clone()
         self.parent_ = torch.arange(self.num_classes_)
         self.level_ = 1

@@ -109,6 +109,16 @@ class Siamese(EmbeddingMethod):
         "snapshots": Param(4, int, low=0, doc="training snapshots of the 2-D space (besides start and frozen end)"),
         "snapshot_points": Param(1000, int, low=1, doc="training images embedded per snapshot"),
     }
+    # Q8 (#16/#17) from the face-pretrained trunk: the paper's two stages (2 of the 10 epochs with the trunk
+    #    frozen, then everything), lr 1.25e-3, margin 0.29, weight decay 1e-3. With Q1-Q7 alone these trunks
+    #    did worse than random init (39.6 % against 53.8 %, two of three seeds at the class prior; an
+    #    independent loop reproduced the drop: 44.8 % against 57.1 %, seed 0): their identity structure
+    #    dominates a 2-D space trained end to end from the first step. An equal-effort search from these
+    #    trunks (`fer-bench tune --methods siamese --trials 8 --seeds 0 --space siamese.freeze_epochs=int:0:5`:
+    #    TPE over lr, weight decay, schedule, margin and the frozen epochs, scored on validation only) found
+    #    57.2 % validation with these values (its best trial: lr 1.26e-3, margin 0.288; rounded here); the
+    #    random-init regime keeps Q1-Q7, for which they were measured.
+    QUICK_FACES = {"freeze_epochs": 2, "lr": 1.25e-3, "margin": 0.29, "weight_decay": 1e-3}
     profiles = {
         # test: dropout 0 (as the quick profile, Q3): with the paper's 0.5 on this tiny head (32 -> 16 -> 2) the
         # contract suite's easy-dataset check measured 0.27-0.57 trained against 0.36-0.41 untrained; 0.95-0.98 at 0.
@@ -142,7 +152,7 @@ class Siamese(EmbeddingMethod):
         "quick": {"trunk": "small3", "trunk_width": 32, "batchnorm": True, "fc4": 512, "fc5": 128, "image_size": 48,
                   "epochs": QUICK_EPOCHS, "freeze_epochs": 0, "batch_size": QUICK_BATCH, "optimizer": "adam", "lr": 3e-4,
                   "dropout": 0.0, "scheduler": "none", "augment": "none", "head_init": "torch", "snapshots": 4,
-                  "pretrained": QUICK_INIT},
+                  "pretrained": QUICK_INIT, "inits": {QUICK_INIT: QUICK_FACES}},
         # Paper: AlexNet conv1-3 from ImageNet, 227 px, fc 1024-256-2, dropout, SGD lr 1e-4 with a step
         # policy (step 5000 iterations; gamma and momentum not given: 0.1 and 0.9 assumed), stage 1
         # until validation loss stops improving (~5000 iterations), then ~5000 iterations of fine-tuning.
