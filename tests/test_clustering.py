@@ -21,8 +21,7 @@ def separated(b=12, p=36, d=32, k=4, seed=0, spread=10.0, noise=0.1):
 @pytest.mark.parametrize("k", [2, 4, 8])
 def test_batched_kmeans_matches_sklearn_on_separated_data(k):
     x, truth = separated(k=k, seed=k)
-    labels, centres, inertia = PC.batched_kmeans(torch.from_numpy(x), k, n_init=3,
-                                                 generator=torch.Generator().manual_seed(0))
+    labels, centres, inertia = PC.batched_kmeans(torch.from_numpy(x), k, n_init=3, seed=0)
     assert labels.shape == (len(x), x.shape[1]) and centres.shape == (len(x), k, x.shape[2])
     for i in range(len(x)):
         ref = KMeans(k, n_init=3, random_state=0).fit(x[i])
@@ -34,10 +33,98 @@ def test_batched_kmeans_matches_sklearn_on_separated_data(k):
 def test_batched_kmeans_handles_duplicated_points():
     x = torch.zeros(3, 10, 5)
     x[:, 5:] = 1.0                                         # two distinct points, duplicated; ask for 4 clusters
-    labels, _, _ = PC.batched_kmeans(x, 4, generator=torch.Generator().manual_seed(0))
+    labels, _, _ = PC.batched_kmeans(x, 4, seed=0)
     for row in labels:
         assert len(set(row[:5].tolist())) == 1 and len(set(row[5:].tolist())) == 1
         assert row[0] != row[5]
+
+
+def random_problems(b, p, d, seed, offset=0.0):
+    """b problems of p points: 4 weak blobs (not separated) on a common non-negative offset, like ReLU features."""
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(0, 0.5, size=(b, 4, d))
+    lab = rng.integers(0, 4, size=(b, p))
+    x = offset * np.abs(rng.normal(size=(b, 1, d))) + mu[np.arange(b)[:, None], lab] + rng.normal(size=(b, p, d))
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("k", [2, 4, 7])
+def test_kmeans_plusplus_seeds_are_scikit_learns(k):
+    # kmeans_draws replays KMeans(random_state=seed)'s random stream, so the seeds are scikit-learn's own; a drawing
+    # order or a potential computed differently would match in few problems
+    from sklearn.cluster import kmeans_plusplus
+    x = random_problems(40, 36, 16, seed=k)
+    first, uniforms = PC.kmeans_draws(5, 36, k, n_init=1)
+    ours = PC.gram_kmeans_plusplus(PC.patch_grams(torch.from_numpy(x)), k, int(first[0]), torch.from_numpy(uniforms[0]))
+    same = [np.array_equal(kmeans_plusplus(xi - xi.mean(0), k, random_state=5)[1], oi)
+            for xi, oi in zip(x, ours.numpy())]
+    assert np.mean(same) >= 0.95
+
+
+@pytest.mark.parametrize("n_init", [1, 3])
+def test_batched_kmeans_objective_and_labels_match_sklearn_on_random_problems(n_init):
+    x = np.concatenate([random_problems(30, 36, 64, seed=n_init), random_problems(30, 36, 64, seed=9, offset=10.0)])
+    labels, _, inertia = PC.batched_kmeans(torch.from_numpy(x), 4, n_init=n_init, seed=3)
+    refs = [KMeans(4, n_init=n_init, random_state=3).fit(xi) for xi in x]
+    ratio = inertia.numpy() / np.array([r.inertia_ for r in refs])
+    assert abs(ratio.mean() - 1) < 0.01                     # the acceptance bound: same objective within 1 % on average
+    # same seeds and the same Lloyd steps: the very labels (ids too), up to float rounding at near-ties
+    assert np.mean([np.array_equal(r.labels_, li) for r, li in zip(refs, labels.numpy())]) >= 0.9
+
+
+def test_empty_cluster_is_moved_to_the_farthest_point_as_sklearn_does():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x = rng.normal(size=(20, 3)).astype(np.float32)
+        w = torch.zeros(1, 4, 20)
+        w[0, [0, 1, 2], [0, 1, 2]] = 1.0
+        w[0, 3, 5], w[0, 3, 6] = 6.0, -5.0                 # centre 3 = 6 x_5 - 5 x_6, far outside: empty at once
+        ref = KMeans(4, init=w[0].numpy() @ x, n_init=1).fit(x)
+        gram = PC.patch_grams(torch.from_numpy(x[None]))
+        diag = gram.diagonal(dim1=1, dim2=2).contiguous()
+        labels, _, inertia = PC._lloyd(gram, diag, w, 4, 300, torch.tensor([1e-4 * x.var(0).mean()]))
+        assert np.array_equal(labels[0].numpy(), ref.labels_) and 3 in labels[0].tolist()
+        assert np.isclose(inertia.item(), ref.inertia_, rtol=1e-5)
+
+
+def test_same_partition_is_scikit_learns_restart_rule():
+    # n_init: a restart replaces the best only with a lower inertia and a different partition; "same" is
+    # scikit-learn's one-way test (every cluster of the new labels inside one cluster of the old)
+    a = torch.tensor([[0, 0, 1, 1, 2], [0, 0, 1, 1, 2], [0, 0, 1, 1, 2], [0, 1, 1, 1, 2]])
+    b = torch.tensor([[2, 2, 0, 0, 1], [0, 0, 0, 0, 2], [0, 1, 1, 1, 2], [0, 0, 1, 1, 2]])
+    assert PC._same_partition(a, b, 3).tolist() == [True, True, False, False]   # permuted, merged, split, moved
+
+
+def test_batched_kmeans_is_deterministic_and_independent_of_batching():
+    x = random_problems(24, 36, 32, seed=4)
+    first, _, _ = PC.batched_kmeans(torch.from_numpy(x), 4, seed=11)
+    again, _, _ = PC.batched_kmeans(torch.from_numpy(x), 4, seed=11)
+    alone = torch.cat([PC.batched_kmeans(torch.from_numpy(x[i:i + 1]), 4, seed=11)[0] for i in range(5)])
+    assert torch.equal(first, again) and torch.equal(first[:5], alone)   # an image's labels do not depend on its batch
+    other, _, _ = PC.batched_kmeans(torch.from_numpy(x), 4, seed=12)
+    assert not torch.equal(first, other)                                 # the seed is used
+    one = PC.patch_grams(x, chunk=7, threads=1)
+    assert torch.equal(one, PC.patch_grams(x, chunk=7, threads=3))          # the same products, split over threads
+    settings = PC.ClusterSettings("kmeans", 4, seed=11)
+    a, _ = PC.cluster_patches(x, settings, backend="torch", chunk=5)
+    b, _ = PC.cluster_patches(x, settings, backend="torch", chunk=64)
+    assert np.array_equal(a, b) and np.array_equal(a, first.numpy())
+
+
+def test_torch_backend_on_a_float16_memmap_equals_the_sklearn_backend(tmp_path):
+    x, truth = separated(b=20, d=64, k=4, seed=6)
+    mm = np.memmap(tmp_path / "emb.f16", dtype=np.float16, mode="w+", shape=x.shape)
+    mm[:] = x
+    mm.flush()
+    emb = np.memmap(tmp_path / "emb.f16", dtype=np.float16, mode="r", shape=x.shape)   # read-only, as the cache
+    settings = PC.ClusterSettings("kmeans", 4, seed=2)
+    fast, stats = PC.cluster_patches(emb, settings, backend="torch", chunk=7)
+    slow, _ = PC.cluster_patches(emb, settings, backend="sklearn")
+    assert fast.dtype == np.int8 and np.array_equal(fast, slow)         # identical labels, not only partitions
+    assert all(adjusted_rand_score(t, f) == 1.0 for t, f in zip(truth, fast))
+    assert stats["images_with_empty_clusters"] == 0
+    ones, _ = PC.cluster_patches(emb, PC.ClusterSettings("kmeans", 1), backend="torch")
+    assert not ones.any()
 
 
 def test_all_sklearn_backends_recover_separated_blobs():

@@ -5,23 +5,37 @@ The study timed "5,000 embeddings" (5,000 images x 36 patches of 2048-d ResNet-5
 KMeans 21 s, Agglomerative 14 s, Spectral 119 s (Colab). Here the same per-image problems (36 x D) are
 clustered by ``fer_bench.clustering.cluster_patches`` with each backend:
 
-* sklearn: one scikit-learn / hdbscan call per image in this process (default threads);
+* sklearn: one scikit-learn / hdbscan call per image in this process, with torch's OpenMP at 1 thread
+  (at 2, which reaches scikit-learn's OpenMP in this process, KMeans ran up to 10x slower on a busy machine);
 * pool: the same calls over ``--workers`` spawned processes (one thread each);
-* torch: ``batched_kmeans`` on all problems at once (kmeans only) on ``--device``.
+* torch (kmeans only): ``gram_kmeans`` on all images at once on ``--device``: one X X^T per image (float16
+  memmap read and converted ``--chunk`` images at a time, centred, NumPy/OpenBLAS products over ``--threads``
+  threads), then scikit-learn's k-means++ (its own random draws) and Lloyd steps on the 36 x 36 Gram matrices.
+
+Every backend is timed warm (a first call on 4 images, untimed, pays imports and allocations); for k-means
+the in-process sklearn and torch runs alternate ``--repeats`` times and the best of each is reported, so
+that both see the same load. The summary under the table prints the torch / sklearn speed ratio (target:
+>= 20x), the split of the torch time (Gram products vs the rest) and, for the other methods, their
+per-image cost against the batched k-means.
 
 Data: non-negative, ReLU-like features shaped like averaged ResNet-50 outputs: per image, 36 patches
 drawn around 4 random prototypes (|N(mu, 1)| with mu ~ |N(0, 2)|), float16 memmap as in the cache.
 On a busy machine ``--images`` can be below 5,000: the table then gives the measured seconds and the
 time scaled linearly to 5,000 images (the problems are independent, so the cost is linear in N).
-Agreement: adjusted Rand index between torch and scikit-learn k-means labels per image (mean, and the
-share of identical partitions), both with the same ``n_init``.
+Agreement, torch against scikit-learn k-means with the same ``n_init`` and seed, per image: identical
+labels (ids too), identical partitions (adjusted Rand index 1), mean ARI, and the k-means objective of
+both partitions (sum of squared distances to the cluster means, float64): mean ratio and largest deviation.
 
     python benchmarks/perf/patch_clustering.py [--images 200 --dim 2048 --k 4 --workers 2]
+    python benchmarks/perf/patch_clustering.py --images 5000 --methods kmeans    # the study's size
+    python benchmarks/perf/patch_clustering.py --methods kmeans --threads 2      # torch on both cores
     python benchmarks/perf/patch_clustering.py --plot      # accuracy vs cost from results/paca/run
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import platform
 import tempfile
@@ -48,25 +62,78 @@ def make_embeddings(n: int, p: int, d: int, seed: int, folder: Path) -> np.memma
     return np.memmap(folder / "emb.f16", dtype=np.float16, mode="r", shape=(n, p, d))
 
 
+def objective(emb: np.ndarray, labels: np.ndarray, k: int, chunk: int = 128) -> np.ndarray:
+    """The k-means objective of each image's partition, in float64: (N, P, D), (N, P) -> (N,).
+
+    Sum of squared distances of the patches to the mean of their cluster, the same formula for both backends'
+    labels (scikit-learn's inertia_ is not returned by cluster_patches).
+    """
+    n = len(labels)
+    out = np.empty(n)
+    for a in range(0, n, chunk):
+        x = np.asarray(emb[a:a + chunk], dtype=np.float64)                          # (c, P, D)
+        lab = labels[a:a + chunk].astype(np.int64)                                  # (c, P)
+        onehot = (lab[:, :, None] == np.arange(k)).astype(np.float64)               # (c, P, k)
+        means = np.einsum("cpk,cpd->ckd", onehot, x) / np.maximum(onehot.sum(1), 1)[..., None]   # (c, k, D)
+        out[a:a + len(x)] = ((x - np.take_along_axis(means, lab[..., None], 1)) ** 2).sum((1, 2))
+    return out
+
+
+def agreement(emb: np.ndarray, ref: np.ndarray, other: np.ndarray, k: int) -> dict[str, float]:
+    """How far ``other`` labels are from the scikit-learn ``ref`` labels, per image, summarised."""
+    from sklearn.metrics import adjusted_rand_score
+    ari = np.array([adjusted_rand_score(a, b) for a, b in zip(ref, other)])
+    ratio = objective(emb, other, k) / objective(emb, ref, k)
+    return {"identical_labels": float(np.mean(np.all(ref == other, axis=1))),
+            "identical_partitions": float(np.mean(ari > 1 - 1e-9)), "mean_ari": float(ari.mean()),
+            "objective_ratio_mean": float(ratio.mean()), "objective_ratio_max_dev": float(np.abs(ratio - 1).max())}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to n inside the block, restored after."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run(args: argparse.Namespace) -> None:
     import torch
-    from sklearn.metrics import adjusted_rand_score
 
-    torch.set_num_threads(args.threads)
+    # scikit-learn runs with torch's OpenMP at 1 thread (its setting reaches scikit-learn's OpenMP in this process:
+    # at 2 threads the per-image KMeans ran up to 10x slower on a busy 2-core machine); only the torch backend
+    # gets --threads (torch.get_num_threads() is the thread count of its Gram products)
+    torch.set_num_threads(1)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    fast = functools.partial(PC.cluster_patches, backend="torch", device=device, chunk=args.chunk)
     rows = []
     load = os.getloadavg()
+    summary = []
     with tempfile.TemporaryDirectory() as tmp:
         emb = make_embeddings(args.images, 36, args.dim, 0, Path(tmp))
+        warm = np.asarray(emb[:4])
         scale = 5000.0 / args.images
-        ref_kmeans = None
+        torch_ms = None
         for method in args.methods:
             settings = PC.ClusterSettings(method, args.k, seed=0, kmeans_n_init=args.n_init)
             timings = {}
+            # warm-up on 4 images, not timed: the first call imports the estimator (scikit-learn) or finds the
+            # BLAS libraries and warms the allocator (torch); both backends are then timed warm
+            PC.cluster_patches(warm, settings, backend="sklearn")
             labels_sk, stats = PC.cluster_patches(emb, settings, backend="sklearn", workers=0)
             timings["sklearn"] = stats["seconds"]
             if method == "kmeans":
-                ref_kmeans = labels_sk
+                with torch_threads(args.threads):
+                    fast(warm, settings)
+                    torch_labels, tstats = fast(emb, settings)
+                for _ in range(args.repeats - 1):       # interleaved, so that both see the same load; best of each
+                    timings["sklearn"] = min(timings["sklearn"], PC.cluster_patches(emb, settings)[1]["seconds"])
+                    with torch_threads(args.threads):
+                        tstats = min(tstats, fast(emb, settings)[1], key=lambda st: st["seconds"])
             _, pstats = PC.cluster_patches(emb, settings, backend="sklearn", workers=args.workers, min_per_worker=1)
             timings["pool"] = pstats["seconds"]
             extra = ""
@@ -76,12 +143,27 @@ def run(args: argparse.Namespace) -> None:
                 extra = (f"mean HDBSCAN clusters {stats.get('hdbscan_clusters', 0) / args.images:.2f}, noise points "
                          f"{stats.get('hdbscan_noise_points', 0) / args.images:.2f} per image")
             if method == "kmeans":
-                torch_labels, tstats = PC.cluster_patches(emb, settings, backend="torch", device=device, chunk=args.chunk)
-                # a second, warm call: the first includes one-off costs (allocator, kernels)
-                torch_labels, tstats = PC.cluster_patches(emb, settings, backend="torch", device=device, chunk=args.chunk)
                 timings["torch"] = tstats["seconds"]
-                ari = np.array([adjusted_rand_score(a, b) for a, b in zip(ref_kmeans, torch_labels)])
-                extra = f"torch vs sklearn: mean ARI {ari.mean():.3f}, identical partitions {np.mean(ari > 0.9999):.1%}"
+                torch_ms = 1000 * tstats["seconds"] / args.images
+                agree = agreement(emb, labels_sk, torch_labels, args.k)
+                extra = (f"torch vs sklearn: identical labels {agree['identical_labels']:.1%}, mean ARI "
+                         f"{agree['mean_ari']:.4f}, objective ratio {agree['objective_ratio_mean']:.6f}")
+                ratio = timings["sklearn"] / timings["torch"]
+                summary += [
+                    (f"k-means, batched torch vs one scikit-learn KMeans per image, same {args.images} images in one "
+                     f"run (best of {args.repeats}, interleaved):"),
+                    (f"- sklearn {1000 * timings['sklearn'] / args.images:.3f} ms/image, torch {torch_ms:.3f} ms/image "
+                     f"(of which Gram products {1000 * tstats['gram_seconds'] / args.images:.3f}): "
+                     f"**torch / sklearn speed ratio {ratio:.1f}x** (target >= 20x)"),
+                    (f"- agreement: identical labels {agree['identical_labels']:.2%}, identical partitions "
+                     f"{agree['identical_partitions']:.2%}, mean ARI {agree['mean_ari']:.4f}; objective (sum of "
+                     f"squared distances to the cluster means) torch / sklearn: mean "
+                     f"{agree['objective_ratio_mean']:.6f}, largest |ratio - 1| "
+                     f"{agree['objective_ratio_max_dev']:.2e}")]
+            elif torch_ms:
+                per_image = 1000 * timings["sklearn"] / args.images
+                summary.append(f"- {method} (scikit-learn, per image): {per_image:.2f} ms/image, "
+                               f"{per_image / torch_ms:.0f}x the cost of the batched k-means")
             for backend, sec in timings.items():
                 rows.append({"method": method, "backend": backend if backend != "pool" else f"pool x{args.workers}",
                              "images": args.images, "seconds": sec, "seconds_per_5000": sec * scale,
@@ -89,17 +171,21 @@ def run(args: argparse.Namespace) -> None:
                              "published_seconds_per_5000": PUBLISHED.get(method) if backend == "sklearn" else None,
                              "speedup_vs_sklearn": timings["sklearn"] / sec if sec > 0 else float("nan"),
                              "note": extra if backend == "sklearn" or backend == "torch" else ""})
+    load_end = os.getloadavg()
     import pandas as pd
     from tabulate import tabulate
     frame = pd.DataFrame(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     frame.to_csv(RESULTS / "clustering_cost.csv", index=False, float_format="%.4f")
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, device {device}, "
-               f"load average at start {load[0]:.1f} (shared machine), torch {torch.__version__} with {args.threads} thread(s)")
+               f"load average {load[0]:.2f} at start and {load_end[0]:.2f} at the end (1 min), torch "
+               f"{torch.__version__}; torch backend: Gram products over {args.threads} thread(s) of 1 BLAS thread "
+               f"each, k-means steps on 1 thread; scikit-learn with torch's OpenMP at 1 thread")
     text = (f"## Clustering cost: {args.k} clusters per image, 36 patches x {args.dim}-d, measured on {args.images} "
             f"images and scaled to 5,000\n\nMachine: {machine}. KMeans n_init={args.n_init}.\n"
             f"Published: the study's 5,000-image times (KMeans 21 s, Agglomerative 14 s, Spectral 119 s; Colab).\n\n"
-            + tabulate(frame, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f", missingval="—") + "\n")
+            + tabulate(frame, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f", missingval="—")
+            + "\n" + ("\n" + "\n".join(summary) + "\n" if summary else ""))
     (RESULTS / "clustering_cost.md").write_text(text)
     print(text)
 
@@ -144,9 +230,13 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--n-init", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--chunk", type=int, default=1024, help="problems per torch batch")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help=f"torch: images per float16 -> float32 conversion and Gram product "
+                             f"(default {PC.GRAM_CHUNK})")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared machine)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of the torch backend's Gram products; scikit-learn runs at 1")
+    parser.add_argument("--repeats", type=int, default=3, help="k-means: best of this many sklearn / torch runs")
     parser.add_argument("--methods", nargs="+", default=list(PC.CLUSTER_METHODS), choices=PC.CLUSTER_METHODS)
     parser.add_argument("--plot", action="store_true", help="draw results/paca/accuracy_vs_cost.png and stop")
     args = parser.parse_args()

@@ -102,7 +102,9 @@ class PaCa(TorchMethod):
         "clusters": Param(4, int, low=1, doc="k: cluster tokens per image"),
         "cluster_tokens": Param("static", choices=("static", "pooled"),
                                 doc="static: frozen-embedding centroids; pooled: the assignment pools each layer's tokens"),
-        "cluster_backend": Param("sklearn", choices=("sklearn", "torch"), doc="torch: batched k-means (kmeans only)"),
+        "cluster_backend": Param("auto", choices=("auto", "sklearn", "torch"),
+                                 doc="torch: batched k-means over every image at once (kmeans only, scikit-learn's "
+                                     "partitions); sklearn: one scikit-learn call per image; auto: torch for kmeans"),
         "cluster_workers": Param(0, int, low=0, doc="process pool size for per-image clustering (0: in process)"),
         "cluster_seed": Param(0, int, low=0, doc="seed of the clustering (kmeans, spectral, gmm)"),
         "kmeans_n_init": Param(1, int, low=1),
@@ -201,7 +203,10 @@ class PaCa(TorchMethod):
             return last[1]
         device = str(getattr(self, "device_", "cpu"))
         emb, emb_key = PC.patch_embeddings(images, key, self._embed_settings(), device=device)
-        labels, stats = PC.cached_assignments(emb, emb_key, self._cluster_settings(), backend=self.cluster_backend,
+        backend = self.cluster_backend
+        if backend == "auto":
+            backend = "torch" if self.clustering == "kmeans" else "sklearn"
+        labels, stats = PC.cached_assignments(emb, emb_key, self._cluster_settings(), backend=backend,
                                               workers=self.cluster_workers, device=device)
         self.cluster_stats_ = getattr(self, "cluster_stats_", {})
         self.cluster_stats_[role if role == "train" else key] = stats
@@ -306,11 +311,14 @@ class PaCa(TorchMethod):
 class PaCaLearned(PaCa):
     """PaCa-ViT's learned clustering head (softmax over patches per cluster) in the same ViT."""
 
-    params = {"clustering": Param("learned", choices=CLUSTERINGS)}
+    # no per-image clustering: cluster_backend is unused, kept at its old default so these cells keep their ids
+    params = {"clustering": Param("learned", choices=CLUSTERINGS),
+              "cluster_backend": Param("sklearn", choices=("auto", "sklearn", "torch"), doc="unused (no clustering)")}
 
 
 @register_method("vit")
 class ViT(PaCa):
     """The reference ViT: plain patch-to-patch attention, same tokens and depth."""
 
-    params = {"clustering": Param("none", choices=CLUSTERINGS)}
+    params = {"clustering": Param("none", choices=CLUSTERINGS),                 # as PaCaLearned's
+              "cluster_backend": Param("sklearn", choices=("auto", "sklearn", "torch"), doc="unused (no clustering)")}
