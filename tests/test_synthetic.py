@@ -7,6 +7,11 @@ whites of the eyes and the lips.
 """
 from __future__ import annotations
 
+import hashlib
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -94,10 +99,67 @@ def test_part_boxes_hold_their_shapes(size: int, monkeypatch: pytest.MonkeyPatch
 
 
 def test_parallel_equals_serial(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(splits, "CHUNK", 40)            # 4 chunks over 2 spawned workers
+    monkeypatch.setattr(splits, "CHUNK", 40)            # 4 chunks over 2 threads
     serial = S.render_split("train", 150, size=32, workers=1)
     parallel = S.render_split("train", 150, size=32, workers=2)
     np.testing.assert_array_equal(parallel, serial)
+    chunks = dict(S.iter_split("train", 150, size=32, workers=3))      # the cache's path, in any order
+    assert sorted(chunks) == [0, 40, 80, 120]
+    np.testing.assert_array_equal(np.concatenate([chunks[s] for s in sorted(chunks)]), serial)
+
+
+# sha256 of the bytes of render_images, recorded with the renderer as it was before the speed work of issue #23
+# (GENERATOR_VERSION 1.1). A speed-up must not change one byte; a change to the drawing bumps GENERATOR_VERSION
+# and these digests together. Together the cases draw every part (hand, glasses, beard, fringe, long hair), the
+# sub-pixel details at 96 px and the box reduction of supersampling.
+PINNED = [
+    ("train", 64, dict(size=64), "7b36da8d7a8d8aed4248e255c9d0bd4b94a3af84127477f1c6a25c6edb8cdd62"),
+    ("test", 24, dict(size=32, nuisance=2.0, occlusion=0.5, glasses_rate=0.5, beard_rate=0.5, fringe_rate=0.5,
+                      blur=2.0), "79f8feae9b2bc102c00ffdea98247aadd14df9bbc8e3cc5b3a922e26af27c398"),
+    ("val", 8, dict(size=96, classes=8, intensity_max=1.5),
+     "106bd398c0e72885755c05942d9724405a0b8885c5de45350d2716232eaf953e"),
+    ("train", 8, dict(size=40, supersample=2, seed=5),
+     "691a26c4cd01327fd65f22df6d0e2b350162ec2c08708569e8fd036d7cc28020"),
+]
+
+
+@pytest.mark.parametrize("split, n, options, digest", PINNED)
+def test_rendered_bytes_are_pinned(split: str, n: int, options: dict, digest: str) -> None:
+    assert S.GENERATOR_VERSION == "1.1", "the drawing changed: record new digests for the new version"
+    images = S.render_images(split, np.arange(n), **options)
+    assert hashlib.sha256(images.tobytes()).hexdigest() == digest
+
+
+def test_batches_that_do_not_divide_a_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = S.render_images("val", np.arange(50), size=32)
+    monkeypatch.setattr(splits, "CHUNK", 40)
+    monkeypatch.setattr(splits, "BATCH_PIXELS", 24 * 32 * 32)   # batches of 24, 16 | 10 inside chunks of 40 | 10
+    assert S.batch_size(32) == 24
+    np.testing.assert_array_equal(S.render_images("val", np.arange(50), size=32), expected)
+    out = np.zeros_like(expected)
+    assert S.render_images("val", np.arange(50), out=out, size=32) is out
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match="'out' must be uint8"):
+        S.render_images("val", np.arange(50), out=out[:10], size=32)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="about glibc's malloc")
+def test_a_fresh_process_does_not_page_fault_each_batch_in_again() -> None:
+    """Without ``splits._hint_allocator`` a fresh process faulted ~40-60 pages per 64 px image in again, every batch."""
+    code = ("import resource, numpy as np; from fer_bench.data import synthetic as S; "
+            "S.render_images('train', np.arange(256)); f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; "
+            "S.render_images('train', np.arange(256, 768)); "
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f) / 512)")
+    faults = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert faults < 15, faults              # the 6 MB output array alone is ~3 faults per image
+
+
+def test_render_leaves_numpy_settings_as_it_found_them() -> None:
+    before = np.getbufsize()
+    F = S.sample_factors("train", np.arange(4))
+    out = np.zeros((4, 32, 32, 3), np.uint8)
+    assert S.render(F, 32, out=out) is out and out.any()
+    assert np.getbufsize() == before
 
 
 # --- the protocol ------------------------------------------------------------------------------------

@@ -44,12 +44,13 @@ Generative model (one image; every factor is a column of ``FERDataset.factors``)
 
 Determinism: every random factor of image ``i`` is a counter-based hash of
 ``(seed, stream, split, i, factor name)`` (SplitMix64; ``factors._Stream``), so an image is a pure function of
-``(seed, split, i, options)``: it can be regenerated alone, a batch or a worker process gives the same
-bytes, and there is no global RNG. (We do not build ``np.random.default_rng([seed, split, i])`` per
+``(seed, split, i, options)``: it can be regenerated alone, any batch or thread gives the same bytes,
+and there is no global RNG. (We do not build ``np.random.default_rng([seed, split, i])`` per
 image because constructing one costs ~60-100 us here, a fifth of the per-image budget; the hash is
 the same idea, vectorised.) Pixel arithmetic uses only +, -, *, /, sqrt, abs, floor, min / max and
-clip, which IEEE 754 rounds identically whatever the batch shape; sines and cosines are taken per
-image in Python.
+clip, which IEEE 754 rounds identically whatever the batch shape (and whatever numpy's ufunc buffer
+size, which ``render`` lowers while it draws); sines and cosines are taken per image in Python. The
+bytes of a few batches are pinned by sha256 in the tests (``test_rendered_bytes_are_pinned``).
 
 The adapter caches the rendered images with :func:`fer_bench.data.cache.cached_images` (keyed by the
 fingerprint: generator version, split and options); labels, ``label_dist``, ``groups`` and factors are
@@ -57,7 +58,7 @@ recomputed on load (about 10 us per image), which keeps the cache entry a plain 
 
 Modules: ``factors`` (the model, the options, ``sample_factors``, the fingerprint), ``geometry`` (action
 units -> face shape), ``canvas`` (shape primitives and the face -> pixel mapping), ``face`` (the parts the
-action units shape), ``renderer`` (``render``), ``splits`` (rendering whole splits, on worker processes),
+action units shape), ``renderer`` (``render``), ``splits`` (rendering whole splits, on a few threads),
 ``adapter`` (the registered dataset, ``pretraining_faces``) and ``export`` (an ImageFolder and a contact
 sheet). The names below are the package's public interface.
 """
@@ -70,14 +71,14 @@ from fer_bench.data.synthetic.factors import (AU_INDEX, AU_NAMES, AUS, BLEND_AFF
                                               label_distribution, sample_factors, spurious_target)
 from fer_bench.data.synthetic.geometry import FACE_SCALE
 from fer_bench.data.synthetic.renderer import render
-from fer_bench.data.synthetic.splits import (BATCH, CHUNK, PARALLEL_MIN, iter_split, render_images, render_split,
-                                             resolve_workers)
+from fer_bench.data.synthetic.splits import (BATCH_PIXELS, CHUNK, MAX_THREADS, PARALLEL_MIN, batch_size, iter_split,
+                                             render_images, render_split, resolve_workers)
 
 __all__ = [
-    "AUS", "AU_INDEX", "AU_NAMES", "BATCH", "BLEND_AFFINITY", "CHUNK", "CONTEMPT_SHARE", "FACE_SCALE",
-    "GENERATOR_VERSION", "IDENTITY_STRIDE", "MAX_IMAGES", "OPTIONS", "PARALLEL_MIN", "PRETRAIN_CODE",
-    "PRETRAIN_SPLIT", "PROTOTYPES", "PretrainFaces", "RAFDB_TRAIN_COUNTS", "SPLITS", "SPLIT_CODES",
-    "SyntheticFER", "VARIANTS", "check_options", "class_prior", "contact_sheet", "export", "factors_frame",
+    "AUS", "AU_INDEX", "AU_NAMES", "BATCH_PIXELS", "BLEND_AFFINITY", "CHUNK", "CONTEMPT_SHARE", "FACE_SCALE",
+    "GENERATOR_VERSION", "IDENTITY_STRIDE", "MAX_IMAGES", "MAX_THREADS", "OPTIONS", "PARALLEL_MIN", "PRETRAIN_CODE",
+    "PRETRAIN_SPLIT", "PROTOTYPES", "PretrainFaces", "RAFDB_TRAIN_COUNTS", "SPLITS", "SPLIT_CODES", "SyntheticFER",
+    "VARIANTS", "batch_size", "check_options", "class_prior", "contact_sheet", "export", "factors_frame",
     "fingerprint", "iter_split", "label_distribution", "pretraining_faces", "render", "render_images",
     "render_split", "resolve_workers", "sample_factors", "spurious_target",
 ]

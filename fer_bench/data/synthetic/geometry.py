@@ -18,12 +18,13 @@ NOSE_DEPTH = 0.25    # extra depth of the nose tip
 def _geometry(F: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-image shape parameters, float64 (B,) or (B, 2) for the two sides (image-left, image-right)."""
     au = F["au"]                                            # (B, len(AUS), 2)
+    mean = au.mean(axis=2)                                  # (B, len(AUS)): (left + right) / 2, as per unit
 
     def s(n: int) -> np.ndarray:                            # (B, 2) one unit per side
         return au[:, AU_INDEX[n], :]
 
     def m(n: int) -> np.ndarray:                            # (B,) mean over sides
-        return au[:, AU_INDEX[n], :].mean(axis=1)
+        return mean[:, AU_INDEX[n]]
 
     G: dict[str, np.ndarray] = {}
     fw, fl = F["face_width"], F["face_length"]

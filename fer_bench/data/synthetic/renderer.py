@@ -26,8 +26,8 @@ class _Renderer(_Face):
 
     # --- the face, back to front -----------------------------------------------------------------
 
-    def render(self) -> np.ndarray:
-        """uint8 (B, size, size, 3)."""
+    def render(self, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (B, size, size, 3), written into ``out`` if given."""
         every = slice(None)
         F = self.F
         self.background()
@@ -59,7 +59,7 @@ class _Renderer(_Face):
         occluded = self.subset(F["occluded"])
         if occluded is not None:
             self.hand(occluded)
-        return self.finish()
+        return self.finish(out)
 
     def background(self) -> None:
         """Tint x (1 + texture + light from above); texture: blotches (a crop of a smooth field) or stripes."""
@@ -318,7 +318,7 @@ class _Renderer(_Face):
         part.paint(outline, skin * F32(0.6))
         part.commit()
 
-    def finish(self) -> np.ndarray:
+    def finish(self, out: np.ndarray | None = None) -> np.ndarray:
         """Lighting, box reduction (supersampling), sensor noise, rounding: uint8 (B, size, size, 3).
 
         Illumination gradient, contrast, brightness and white balance: out = in * gain * wb + offset.
@@ -350,12 +350,34 @@ class _Renderer(_Face):
         img += noise[:, None]
         np.clip(img, _ZERO, F32(255.0), out=img)
         planar = img.astype(np.uint8)                            # rounds down: 0.5 was added above
-        out = np.empty((self.B, S, S, 3), np.uint8)
-        for c in range(3):
+        if out is None:
+            out = np.empty((self.B, S, S, 3), np.uint8)
+        for c in range(3):                                       # (one strided cast is 3x slower)
             out[..., c] = planar[:, c]
         return out
 
 
-def render(F: Mapping[str, np.ndarray], size: int = 64, supersample: int = 1) -> np.ndarray:
-    """Images of the factor rows ``F`` (from ``sample_factors``), uint8 (B, size, size, 3)."""
-    return _Renderer(F, size, supersample).render()
+# numpy's ufunc buffer, in elements, while a batch is drawn. With the default (8192), an operand that
+# broadcasts over a part's pixels (the per-image (b, 1, 1) parameters, a (b, 3, 1, 1) colour) or a view
+# into the canvas is copied into buffers of 8192 elements before each operation, which made those
+# operations 2-3x slower than on contiguous arrays. With a buffer no larger than a big part's pixels per
+# image the loops read such operands in place; 1024 gave the fewest instructions at 64 px and was the
+# fastest or within noise of it at 32, 64 and 128 px. Elementwise results do not depend on the buffer,
+# and the few reductions while drawing (means of two sides, minima and maxima of boxes) do not either.
+UFUNC_BUFFER = 1024
+
+
+def render(F: Mapping[str, np.ndarray], size: int = 64, supersample: int = 1,
+           out: np.ndarray | None = None, canvas: np.ndarray | None = None) -> np.ndarray:
+    """Images of the factor rows ``F`` (from ``sample_factors``), uint8 (B, size, size, 3).
+
+    ``out``: where to write them (returned); ``canvas``: a float32 scratch array of at least
+    (B, 3, size * supersample, size * supersample) to draw on (``render_images`` reuses one for every
+    batch; its contents are overwritten). numpy's ufunc buffer size is ``UFUNC_BUFFER`` while drawing
+    and restored after, in this thread only.
+    """
+    previous = np.setbufsize(UFUNC_BUFFER)
+    try:
+        return _Renderer(F, size, supersample, canvas).render(out)
+    finally:
+        np.setbufsize(previous)
