@@ -28,23 +28,21 @@ exception: it averages recall over the classes present in ``y_true`` only (sciki
 Retrieval metrics (Recall@K, Acc@K, MAP@R, R-precision) leave out lone queries, those whose class
 has no other member in the set, as ``AccuracyCalculator`` does; they are NaN if every query is lone.
 
-Nearest neighbours (``knn_indices``) are exact: ordered by the float64 squared distance
-``sum_j (q_j - g_j)^2``, ties broken by the smaller gallery index, which is the order of a stable
-argsort of the full float64 distance matrix. They are found by a screen (chunked matrix products
-plus ``torch.topk``, in float32, or float64 for large k; no N x N matrix is ever held) whose
-rounding error is bounded, then exact float64 distances where the screen's scores are too close
-to tell; rows the bound cannot settle are redone exactly. Results do not depend on the chunk
-size, device, thread count or topk's internal order.
+Nearest neighbours (``knn_indices``) are exact: ordered by the float64 squared distance, ties broken by
+the smaller gallery index, whatever the chunk size, device or thread count (the search is
+:mod:`fer_bench.neighbours`).
 """
 from __future__ import annotations
 
 import logging
 import math
 import warnings
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
+
+from fer_bench.neighbours import iter_knn
 
 logger = logging.getLogger(__name__)
 
@@ -220,177 +218,7 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int],
 # --------------------------------------------------------------------------------------------
 # nearest neighbours
 # --------------------------------------------------------------------------------------------
-# Not scikit-learn's NearestNeighbors(algorithm="brute"), deliberately: it finds the same
-# neighbours on data without ties, but ranks by the dot-product form of the distance in float64
-# (inexact for data far from the origin), documents no order among ties and is slower here
-# (benchmarks/perf/knn_metrics.py). This search: a screen with a proven error bound, then exact
-# float64 distances where the screen cannot tell.
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-_BLOCK_ELEMENTS = 1 << 22  # float64 elements per block of exact distances (32 MiB)
-_EXACT_COLUMNS = 4096  # gallery columns per step of the per-row exact path
-_WIDE_SCREEN = 32  # float64 screen when k (+ margin) exceeds 1/32 of the gallery
-
-
-def _sq_distances(queries: np.ndarray, gallery: np.ndarray, rows: np.ndarray,
-                  cols: np.ndarray) -> np.ndarray:
-    """(P,) float64 sum_j (q_j - g_j)^2 of the pairs (query ``rows[p]``, gallery ``cols[p]``).
-
-    The same arithmetic, in the same order, as ``((q[:, None, :] - g[None, :, :]) ** 2).sum(2)`` on
-    float64 arrays: these are the distances that define the neighbour order.
-    """
-    out = np.empty(len(rows), dtype=np.float64)
-    step = max(1, _BLOCK_ELEMENTS // queries.shape[1])
-    for s in range(0, len(rows), step):
-        diff = np.subtract(queries[rows[s:s + step]], gallery[cols[s:s + step]],
-                           dtype=np.float64)  # (b, D)
-        out[s:s + step] = np.square(diff, out=diff).sum(axis=1)
-    return out
-
-
-def _unit_roundoff() -> float:
-    """Unit roundoff of a float32 matrix product under torch's current precision settings."""
-    settings = {torch.get_float32_matmul_precision()}
-    for backend in (torch.backends, getattr(torch.backends.mkldnn, "matmul", None),
-                    getattr(torch.backends.cuda, "matmul", None)):
-        settings.add(getattr(backend, "fp32_precision", "none"))
-    if settings & {"medium", "bf16"}:
-        return 2.0 ** -8  # bfloat16 products
-    if settings & {"high", "tf32"}:
-        return 2.0 ** -11  # TensorFloat-32 products
-    return 2.0 ** -24
-
-
-def _exact_row(queries: np.ndarray, gallery: np.ndarray, row: int, cols: np.ndarray,
-               sims: np.ndarray, k: int, threshold: Callable[[float], float]) -> np.ndarray:
-    """(k,) exact (distance, index) order of query ``row`` among gallery ``cols`` (ascending).
-
-    Columns go in ascending order, a block at a time; a column is skipped once its screen score
-    ``sims[col]`` is below ``threshold(d_k)`` of the current k-th distance, and the walk stops
-    when the k-th distance is 0 (no later, larger index can enter).
-    """
-    best_d = np.empty(0, dtype=np.float64)
-    best_i = np.empty(0, dtype=np.int64)
-    for start in range(0, len(cols), max(k, _EXACT_COLUMNS)):
-        block = cols[start:start + max(k, _EXACT_COLUMNS)]
-        if len(best_i) == k:
-            if best_d[-1] == 0:
-                break
-            block = block[sims[block] >= threshold(best_d[-1])]
-        d = _sq_distances(queries, gallery, np.full(len(block), row), block)
-        best_d, best_i = np.concatenate([best_d, d]), np.concatenate([best_i, block])
-        order = np.lexsort((best_i, best_d))[:k]  # by distance, then index
-        best_d, best_i = best_d[order], best_i[order]
-    return best_i
-
-
-@torch.no_grad()
-def _iter_knn(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool, chunk: int,
-              device: str | torch.device) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (start, (m, k) int64 gallery indices) for consecutive blocks of query rows.
-
-    The order is exact: by the float64 distance ``sum_j (q_j - g_j)^2`` (``_sq_distances``), then
-    by index. How it gets there:
-
-    1. Screen. Both sets are centred on the gallery mean and scaled by a power of two in float64
-       (neither changes any distance's rank), then cast to the screen's precision: float32, or
-       float64 when k is large (more than 1/32 of the gallery: exact distances for many
-       candidates would then cost more than the float64 product). The score of gallery item g for
-       query q is s = q.g - ||g||^2 / 2 = (||q||^2 - d) / 2, from one matrix product of [q, -1/2]
-       with [g, ||g||^2]. Its computed value is within E(q) = 2 (D + 3) u (||q|| G + G^2) + (tiny
-       rounding and underflow terms) of the exact one, u the unit roundoff of the product and G
-       the largest gallery norm: the standard bound gamma_n sum |x_i y_i| on the rounding of a
-       dot product in any summation order, doubled.
-    2. Order. topk(k + margin) of the scores are the candidates, best first. Candidates whose
-       scores differ by more than 2 E are in the exact order already; runs of closer scores are
-       groups, sorted by exact float64 distance, then index.
-    3. Check. Every gallery item outside the candidates scores at most the last candidate. If the
-       k-th candidate's group ends before the last candidate, every outside item is strictly
-       farther than the k-th (no tie either): the row is exact. Otherwise (a tie at the k-th
-       place, or distances closer together than E there) the row is redone over every item
-       whose score could reach the k-th distance (``_exact_row``); that costs O(N_gallery) for
-       the row, and O(N_gallery D) if that many items are that close.
-    """
-    n_gallery, dim = gallery.shape
-    available = n_gallery - int(exclude_self)
-    dev = torch.device(device)
-    k1 = min(available, k + max(8, k // 4))  # candidates per row
-    wide = k1 * _WIDE_SCREEN > n_gallery  # float64 screen
-    screen = np.float64 if wide else np.float32
-    chunk = max(1, chunk // 2) if wide else chunk  # the same memory per chunk
-    centre = gallery.mean(axis=0, dtype=np.float64)  # (D,)
-    g_c = np.subtract(gallery, centre, dtype=np.float64)  # (Ng, D)
-    q_c = g_c if queries is gallery else np.subtract(queries, centre, dtype=np.float64)
-    peak = max(float(np.abs(g_c).max()), float(np.abs(q_c).max()))
-    exponent = max(int(np.frexp(peak)[1]), -1000) if peak > 0 else 0
-    np.ldexp(g_c, -exponent, out=g_c)  # |values| < 1 now: no overflow in float32
-    if queries is not gallery:
-        np.ldexp(q_c, -exponent, out=q_c)
-    g_sq = np.square(g_c).sum(axis=1)  # (Ng,)
-    q_sq = g_sq if queries is gallery else np.square(q_c).sum(axis=1)  # (Nq,)
-    g_max = float(np.sqrt(g_sq.max()))
-    q_norm = np.sqrt(q_sq)  # (Nq,)
-    unit = 2.0 ** -53 if wide else _unit_roundoff()
-    err = (2 * (dim + 3) * unit * (q_norm * g_max + g_max ** 2)  # (Nq,) the product
-           + (dim + 4) * (2.0 ** -1060 if wide else 2.0 ** -140)  # its underflow
-           + 8 * (dim + 2) * 2.0 ** -53 * (q_sq + 2 * q_norm * g_max + g_max ** 2)  # float64 rounding
-           + float(np.ldexp(dim + 1.0, -1074 - 2 * exponent)))  # float64 underflow
-
-    def threshold(row: int, d_k: float) -> np.ndarray:
-        """Lowest screen score (screen dtype) an item with exact distance <= d_k can have."""
-        value = (q_sq[row] - np.ldexp(d_k, -2 * exponent)) / 2 - err[row]
-        bounded = screen(np.clip(value, -_FLOAT32_MAX / 2, _FLOAT32_MAX / 2))  # |scores| <= 2 D
-        return bounded if bounded <= value else np.nextafter(bounded, screen(-np.inf))
-
-    as_torch = torch.float64 if wide else torch.float32
-    g_aug = torch.empty((n_gallery, dim + 1), dtype=as_torch, device=dev)  # [g, ||g||^2]
-    g_aug[:, :dim] = torch.from_numpy(g_c.astype(screen, copy=False)).to(dev)
-    g_aug[:, dim] = torch.from_numpy(g_sq.astype(screen, copy=False)).to(dev)
-    if queries is gallery:
-        q_aug = g_aug.clone()  # (Nq, D+1) = [q, -1/2]
-    else:
-        q_aug = torch.empty((queries.shape[0], dim + 1), dtype=as_torch, device=dev)
-        q_aug[:, :dim] = torch.from_numpy(q_c.astype(screen, copy=False)).to(dev)
-    q_aug[:, dim] = -0.5
-    del g_c, q_c
-    buffer = torch.empty((min(chunk, q_aug.shape[0]), n_gallery), dtype=as_torch, device=dev)
-    for start in range(0, q_aug.shape[0], chunk):
-        stop = min(start + chunk, q_aug.shape[0])
-        rows = np.arange(start, stop)
-        sim = buffer[:stop - start]  # (m, Ng)
-        torch.mm(q_aug[start:stop], g_aug.t(), out=sim)
-        if exclude_self:
-            sim.diagonal(offset=start).fill_(-math.inf)
-        cand_sim, cand_idx = torch.topk(sim, k1, dim=1, sorted=True)  # (m, k1), best score first
-        cand = cand_idx.cpu().numpy()
-        score = cand_sim.cpu().numpy().astype(np.float64, copy=False)  # (m, k1)
-        apart = score[:, :-1] - score[:, 1:] > 2 * err[rows, None]  # (m, k1-1) order certain
-        group = np.zeros(score.shape, dtype=np.int64)  # (m, k1), nondecreasing along a row
-        np.cumsum(apart, axis=1, out=group[:, 1:])
-        kth_group = group[:, k - 1]  # (m,)
-        grouped = np.zeros(score.shape, dtype=bool)  # (m, k1) in a group of two or more
-        grouped[:, 1:] = ~apart
-        grouped[:, :-1] |= ~apart
-        grouped &= group <= kth_group[:, None]  # only the groups up to the k-th matter
-        idx = cand[:, :k].copy()  # (m, k)
-        sort = np.flatnonzero(grouped.any(axis=1))  # rows whose order needs exact distances
-        dist = np.zeros((len(sort), k1))  # (m', k1) exact where it decides the order
-        r, c = np.nonzero(grouped[sort])
-        dist[r, c] = _sq_distances(queries, gallery, rows[sort[r]], cand[sort[r], c])
-        order = np.lexsort((cand[sort], dist, group[sort]), axis=1)  # group, distance, index
-        idx[sort] = np.take_along_axis(cand[sort], order[:, :k], axis=1)
-        if k1 < available:
-            # Settled unless the k-th candidate's group reaches the last candidate.
-            for j in np.flatnonzero(group[sort, -1] == kth_group[sort]):
-                i = sort[j]
-                d_k = dist[j, order[j, k - 1]]  # >= the true k-th distance
-                sims = sim[i].cpu().numpy()  # (Ng,)
-                cols = np.flatnonzero(sims >= threshold(rows[i], d_k))
-                if exclude_self:
-                    cols = cols[cols != rows[i]]
-                idx[i] = _exact_row(queries, gallery, int(rows[i]), cols, sims, k,
-                                    lambda d, r=int(rows[i]): threshold(r, d))
-        yield start, idx
+# The search itself is fer_bench.neighbours; knn_indices checks its input and collects it.
 
 
 def knn_indices(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool = False,
@@ -402,9 +230,11 @@ def knn_indices(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: 
     columns of a stable argsort of the full float64 distance matrix, whatever the chunk size,
     device or thread count. With ``exclude_self`` row i of ``queries`` is taken to be row i of
     ``gallery`` and is never its own neighbour (pass the same array twice). Memory is
-    O(N_gallery x chunk). Time is that of the float32 product plus O(k D) per row, and O(N_gallery)
-    more for a row whose k-th place is tied (or closer than float32 can tell) with items beyond
-    the k + margin screened candidates (see ``_iter_knn``).
+    O(N_gallery x chunk): the scores of at most ``chunk`` queries are held at a time. On the CPU
+    the work runs on ``torch.get_num_threads()`` threads. Time is that of the float32 product, a
+    vectorised pass over its scores and O(k (D + log N_gallery)) per row, and O(N_gallery D) more
+    for a row whose k-th place is tied (or closer than float32 can tell) with items beyond the
+    k + margin screened candidates (see ``_iter_knn``).
     """
     func = "knn_indices"
     q = _embeddings(queries, "queries", func)
@@ -419,7 +249,7 @@ def knn_indices(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: 
     k = _positive_int(k, "k", func, upper=available)
     chunk = _positive_int(chunk, "chunk", func)
     out = np.empty((q.shape[0], k), dtype=np.int64)
-    for start, idx in _iter_knn(q, g, k, exclude_self, chunk, device):
+    for start, idx in iter_knn(q, g, k, exclude_self, chunk, device):
         out[start:start + len(idx)] = idx
     return out
 
@@ -616,7 +446,7 @@ def map_and_r_precision(embeddings: np.ndarray, labels: Sequence[int], chunk: in
     if r_all.max() == 0:
         return math.nan, math.nan
     total_ap, total_rp, count = 0.0, 0.0, 0
-    for start, idx in _iter_knn(x, x, int(r_all.max()), True, chunk, device):  # idx (m, Rmax)
+    for start, idx in iter_knn(x, x, int(r_all.max()), True, chunk, device):  # idx (m, Rmax)
         r = r_all[start:start + len(idx)]  # (m,)
         keep = r > 0
         rel = (y[idx] == y[start:start + len(idx), None])[keep]  # (m', Rmax)

@@ -6,6 +6,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from fer_bench import clustering as PC
+from fer_bench import gram_kmeans as GK
 
 
 def separated(b=12, p=36, d=32, k=4, seed=0, spread=10.0, noise=0.1):
@@ -54,8 +55,8 @@ def test_kmeans_plusplus_seeds_are_scikit_learns(k):
     # order or a potential computed differently would match in few problems
     from sklearn.cluster import kmeans_plusplus
     x = random_problems(40, 36, 16, seed=k)
-    first, uniforms = PC.kmeans_draws(5, 36, k, n_init=1)
-    ours = PC.gram_kmeans_plusplus(PC.patch_grams(torch.from_numpy(x)), k, int(first[0]), torch.from_numpy(uniforms[0]))
+    first, uniforms = GK.kmeans_draws(5, 36, k, n_init=1)
+    ours = GK.gram_kmeans_plusplus(PC.patch_grams(torch.from_numpy(x)), k, int(first[0]), torch.from_numpy(uniforms[0]))
     same = [np.array_equal(kmeans_plusplus(xi - xi.mean(0), k, random_state=5)[1], oi)
             for xi, oi in zip(x, ours.numpy())]
     assert np.mean(same) >= 0.95
@@ -82,7 +83,7 @@ def test_empty_cluster_is_moved_to_the_farthest_point_as_sklearn_does():
         ref = KMeans(4, init=w[0].numpy() @ x, n_init=1).fit(x)
         gram = PC.patch_grams(torch.from_numpy(x[None]))
         diag = gram.diagonal(dim1=1, dim2=2).contiguous()
-        labels, _, inertia = PC._lloyd(gram, diag, w, 4, 300, torch.tensor([1e-4 * x.var(0).mean()]))
+        labels, _, inertia = GK._lloyd(gram, diag, w, 4, 300, torch.tensor([1e-4 * x.var(0).mean()]))
         assert np.array_equal(labels[0].numpy(), ref.labels_) and 3 in labels[0].tolist()
         assert np.isclose(inertia.item(), ref.inertia_, rtol=1e-5)
 
@@ -92,7 +93,7 @@ def test_same_partition_is_scikit_learns_restart_rule():
     # scikit-learn's one-way test (every cluster of the new labels inside one cluster of the old)
     a = torch.tensor([[0, 0, 1, 1, 2], [0, 0, 1, 1, 2], [0, 0, 1, 1, 2], [0, 1, 1, 1, 2]])
     b = torch.tensor([[2, 2, 0, 0, 1], [0, 0, 0, 0, 2], [0, 1, 1, 1, 2], [0, 0, 1, 1, 2]])
-    assert PC._same_partition(a, b, 3).tolist() == [True, True, False, False]   # permuted, merged, split, moved
+    assert GK._same_partition(a, b, 3).tolist() == [True, True, False, False]   # permuted, merged, split, moved
 
 
 def test_batched_kmeans_is_deterministic_and_independent_of_batching():

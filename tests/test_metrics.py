@@ -12,6 +12,7 @@ import torch
 from fer_bench import cost as C
 from fer_bench import divergence as D
 from fer_bench import metrics as M
+from fer_bench import neighbours as N
 
 # ---------------------------------------------------------------------------------------------
 # classification: one hand-made case, 10 items, 5 classes (class 4 never occurs)
@@ -87,12 +88,16 @@ def test_classification_errors_name_the_input(bad, message):
 # ---------------------------------------------------------------------------------------------
 
 def brute_knn(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool) -> np.ndarray:
-    """Full float64 distance matrix + stable argsort: nearest first, ties to the smaller index."""
+    """Full float64 distance matrix + stable argsort: nearest first, ties to the smaller index
+    (a block of 64 queries at a time, to keep the (64, Ng, D) differences small)."""
     q, g = queries.astype(np.float64), gallery.astype(np.float64)
-    d = ((q[:, None, :] - g[None, :, :]) ** 2).sum(axis=2)
-    if exclude_self:
-        np.fill_diagonal(d, np.inf)
-    return np.argsort(d, axis=1, kind="stable")[:, :k]
+    out = []
+    for s in range(0, len(q), 64):
+        d = ((q[s:s + 64, None, :] - g[None, :, :]) ** 2).sum(axis=2)  # (b, Ng)
+        if exclude_self:
+            d[np.arange(len(d)), s + np.arange(len(d))] = np.inf
+        out.append(np.argsort(d, axis=1, kind="stable")[:, :k])
+    return np.concatenate(out)
 
 
 @pytest.mark.parametrize("chunk", [4096, 257, 64, 50])  # N = 257: chunk > N, = N, divides not N
@@ -133,6 +138,20 @@ def test_knn_indices_ties_go_to_the_smaller_index(chunk):
 
 
 def test_knn_indices_never_builds_an_n_by_n_matrix(monkeypatch):
+    # The CPU screen's buffers (one per thread) hold the scores of at most `chunk` queries in
+    # all; the screen on other devices multiplies `chunk` queries at a time.
+    rows = []
+    real_scratch = N._scratch
+
+    def recording_scratch(n_rows, *args):
+        rows.append(n_rows)
+        return real_scratch(n_rows, *args)
+
+    monkeypatch.setattr(N, "_scratch", recording_scratch)
+    x = np.random.default_rng(4).standard_normal((500, 8)).astype(np.float32)
+    M.knn_indices(x, x, 5, exclude_self=True, chunk=128)
+    assert rows and sum(rows) <= 128
+
     shapes = []
     real_mm = torch.mm
 
@@ -141,9 +160,9 @@ def test_knn_indices_never_builds_an_n_by_n_matrix(monkeypatch):
         return real_mm(a, b, **kwargs)
 
     monkeypatch.setattr(torch, "mm", recording_mm)
-    x = np.random.default_rng(4).standard_normal((500, 8)).astype(np.float32)
+    monkeypatch.setattr(N, "_cpu_passes", torch_screen)
     M.knn_indices(x, x, 5, exclude_self=True, chunk=128)
-    assert shapes and all(rows <= 128 for rows, _ in shapes)
+    assert shapes and all(n <= 128 for n, _ in shapes)
 
 
 def test_knn_indices_errors():
@@ -382,7 +401,7 @@ def test_inference_ms_per_image():
 @pytest.fixture(params=["float32", "float64"])
 def screen(request, monkeypatch):
     """Run a test with each precision of the neighbour screen (by default float64 only for large k)."""
-    monkeypatch.setattr(M, "_WIDE_SCREEN", 0 if request.param == "float32" else 10 ** 9)
+    monkeypatch.setattr(N, "_WIDE_SCREEN", 0 if request.param == "float32" else 10 ** 9)
     return request.param
 
 
@@ -594,3 +613,148 @@ def test_cross_check_pytorch_metric_learning_with_lone_queries(kind):
     assert recall[1] == pytest.approx(pml["precision_at_1"], abs=1e-12) == acc[1]
     assert r_prec == pytest.approx(pml["r_precision"], abs=1e-12)
     assert map_r == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue #23: the CPU screen (products a gallery block at a time, by oneDNN or numpy, a tree of
+# maxima, passes over threads) gives the exact neighbours whatever the sizes, product and threads.
+# ---------------------------------------------------------------------------------------------
+
+def torch_screen(q_aug, g_aug, k1, exclude_self, chunk, rank, *pool_and_threads):
+    """_cpu_passes replaced by the other devices' screen (torch.mm + topk), run on the CPU."""
+    for start, cand, score in N._torch_candidates(q_aug, g_aug, k1, exclude_self, chunk,
+                                                  torch.device("cpu")):
+        yield start, rank(start, cand, score)
+
+
+@pytest.fixture
+def threads():
+    """Restores torch's thread count after a test that changes it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_largest_returns_a_top_k_set_despite_ties():
+    rng = np.random.default_rng(30)
+    values = rng.integers(0, 6, (200, 40)).astype(np.float32)  # many ties at every rank
+    values[:50] = rng.standard_normal((50, 40))  # and rows without ties (the fast path)
+    for k in (1, 7, 39, 40):
+        top = N._largest(values, k)
+        assert top.shape == (200, k)
+        for row, cols in zip(values, top):
+            assert len(set(cols.tolist())) == k
+            rest = np.delete(row, cols)
+            assert len(rest) == 0 or row[cols].min() >= rest.max()
+    assert N._largest(values[:, :5], 9).shape == (200, 5)  # fewer columns than k: all of them
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+@pytest.mark.parametrize("n_gallery", [5, 70, 1000, 5000])
+def test_cpu_candidates_are_the_best_scores(n_gallery, onednn):
+    # Small integers: every score is exact in float32, so the k1 best are known exactly (up to
+    # ties). Galleries from one partial block to several blocks, a selection among all items (no
+    # tree) and trees of 1 to 4 levels; numpy's products and oneDNN's.
+    if onednn and not N._onednn_linear():
+        pytest.skip("torch's oneDNN linear is not usable here")
+    rng = np.random.default_rng(31)
+    g_aug = rng.integers(-4, 5, (n_gallery, 9)).astype(np.float32)
+    q_aug = g_aug[:min(n_gallery, 300)].copy()
+    exact = q_aug.astype(np.float64) @ g_aug.T.astype(np.float64)  # (Nq, Ng)
+    heights = set()
+    for exclude_self in (False, True):
+        if exclude_self:
+            exact[np.arange(len(q_aug)), np.arange(len(q_aug))] = -np.inf
+        for k1 in {1, min(19, n_gallery - 1), min(40, n_gallery - 1)}:
+            scratch = N._scratch(64, n_gallery, np.float32, k1)
+            heights.add(len(scratch.nodes) - 1)
+            for start in range(0, len(q_aug), 64):
+                stop = min(start + 64, len(q_aug))
+                cand, score = N._cpu_candidates(q_aug, g_aug, start, stop, k1, exclude_self, scratch,
+                                                onednn)
+                rows = np.arange(start, stop)[:, None]
+                np.testing.assert_array_equal(score, exact[rows, cand])  # the scores of those items
+                assert (np.diff(score, axis=1) <= 0).all()  # best first
+                best = -np.sort(-exact[start:stop], axis=1)[:, :k1]
+                np.testing.assert_array_equal(score, best)  # the k1 best values
+                assert all(len(set(row)) == k1 for row in cand.tolist())
+                if exclude_self:
+                    assert not (cand == rows).any()
+    assert heights == {5: {0}, 70: {0}, 1000: {2}, 5000: {4}}[n_gallery]
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+@pytest.mark.parametrize("kind", ["random", "tied", "duplicates"])
+def test_larger_galleries_match_the_float64_oracle(kind, onednn, threads, monkeypatch):
+    # 3,000 items: three levels of the tree, several gallery blocks and passes, 1 and 2 threads,
+    # numpy's products and (where torch has it) oneDNN's.
+    if onednn and not N._onednn_linear():
+        pytest.skip("torch's oneDNN linear is not usable here")
+    monkeypatch.setattr(N, "_onednn_linear", lambda: onednn)
+    rng = np.random.default_rng(32)
+    n = 3000
+    if kind == "random":
+        x = (rng.standard_normal((n, 16)) + rng.integers(0, 4, (n, 1))).astype(np.float32)
+    elif kind == "tied":
+        x = rng.integers(-2, 3, (n, 6)).astype(np.float32)
+    else:
+        x = rng.standard_normal((n // 10, 12)).astype(np.float32)[rng.integers(0, n // 10, n)]
+    expected_self = brute_knn(x, x, 33, True)
+    expected_cross = brute_knn(x[:400], x[400:], 11, False)
+    for n_threads, chunk in ((1, 4096), (2, 4096), (2, 300)):
+        torch.set_num_threads(n_threads)
+        np.testing.assert_array_equal(M.knn_indices(x, x, 33, exclude_self=True, chunk=chunk),
+                                      expected_self)
+        np.testing.assert_array_equal(M.knn_indices(x[:400], x[400:], 11, chunk=chunk),
+                                      expected_cross)
+
+
+@pytest.mark.parametrize("kind", ["random", "tied", "float64"])
+def test_the_other_devices_screen_matches_the_float64_oracle(kind, screen, monkeypatch):
+    # The torch.mm + topk screen (used on GPUs) on the CPU: the same exact neighbours.
+    monkeypatch.setattr(N, "_cpu_passes", torch_screen)
+    x, _ = inputs(kind)
+    for chunk in (4096, 37):
+        np.testing.assert_array_equal(M.knn_indices(x, x, 20, exclude_self=True, chunk=chunk),
+                                      brute_knn(x, x, 20, True))
+    np.testing.assert_array_equal(M.knn_indices(x[:70], x[70:], 11, chunk=16),
+                                  brute_knn(x[:70], x[70:], 11, False))
+
+
+def test_exact_distances_are_the_oracles_arithmetic():
+    # _sq_distances computes each pair as the oracle does (float64 difference, square, numpy's
+    # sum over the row), bit for bit: ties and near-ties are decided by the same values.
+    rng = np.random.default_rng(33)
+    for d in (3, 128, 513):
+        q = rng.standard_normal((40, d)).astype(np.float32)
+        g = (rng.standard_normal((50, d)) * 1e3).astype(np.float32)
+        rows, cols = rng.integers(0, 40, 3000), rng.integers(0, 50, 3000)
+        expected = ((q.astype(np.float64)[:, None, :] - g.astype(np.float64)[None]) ** 2).sum(axis=2)
+        np.testing.assert_array_equal(N._sq_distances(q, g, rows, cols), expected[rows, cols])
+
+
+def test_onednn_is_used_only_for_plain_float32(monkeypatch):
+    # A request for reduced-precision float32 maths (torch's setting, checked per search; the
+    # environment, checked once) sends the CPU screen to numpy's products.
+    used = []
+    real = N._cpu_candidates
+
+    def recording(*args):
+        used.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(N, "_cpu_candidates", recording)
+    x = np.random.default_rng(34).standard_normal((1000, 8)).astype(np.float32)  # float32 screen
+    expected = brute_knn(x, x, 5, True)
+    np.testing.assert_array_equal(M.knn_indices(x, x, 5, exclude_self=True), expected)
+    assert set(used) == {N._onednn_linear()}
+    used.clear()
+    monkeypatch.setattr(N, "_unit_roundoff", lambda: 2.0 ** -11)  # as if TF32 were allowed
+    np.testing.assert_array_equal(M.knn_indices(x, x, 5, exclude_self=True), expected)
+    assert set(used) == {False}
+    N._onednn_linear.cache_clear()
+    monkeypatch.setenv("ONEDNN_DEFAULT_FPMATH_MODE", "BF16")
+    try:
+        assert not N._onednn_linear()
+    finally:
+        N._onednn_linear.cache_clear()
