@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fer_bench.threads import threadpools
+
 if TYPE_CHECKING:
     import torch
 
@@ -62,7 +64,7 @@ def patch_grams(emb: "np.ndarray | torch.Tensor", chunk: int = GRAM_CHUNK, devic
         return out
     threads = max(1, min(threads or torch.get_num_threads(), len(spans)))
     scratch = threading.local()                                   # one buffer per thread, reused across its chunks
-    with one_torch_thread(), _blas_controller().limit(limits=1, user_api="blas"):
+    with one_torch_thread(), threadpools().limit(limits=1, user_api="blas"):
         if threads == 1:
             for span in spans:
                 _gram_span(emb, out, span, chunk, scratch)
@@ -113,13 +115,6 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(before)
-
-
-@functools.lru_cache(maxsize=1)
-def _blas_controller():
-    """threadpoolctl's view of the loaded BLAS libraries, found once (the search costs milliseconds, a limit 20 us)."""
-    from threadpoolctl import ThreadpoolController
-    return ThreadpoolController()
 
 
 def kmeans_draws(seed: int, n_points: int, k: int, n_init: int = 1) -> tuple[np.ndarray, np.ndarray]:

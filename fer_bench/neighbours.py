@@ -25,6 +25,8 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import torch
 
+from fer_bench.threads import threadpools
+
 logger = logging.getLogger(__name__)
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -87,15 +89,6 @@ def _exact_row(queries: np.ndarray, gallery: np.ndarray, row: int, cols: np.ndar
         order = np.lexsort((best_i, best_d))[:k]  # by distance, then index
         best_d, best_i = best_d[order], best_i[order]
     return best_i
-
-
-@functools.lru_cache(maxsize=1)
-def _threadpools():
-    """threadpoolctl's view of the loaded BLAS and OpenMP libraries, found once (a search costs
-    milliseconds, a limit microseconds)."""
-    from threadpoolctl import ThreadpoolController  # a dependency of scikit-learn
-
-    return ThreadpoolController()
 
 
 @functools.lru_cache(maxsize=1)
@@ -260,7 +253,7 @@ def _cpu_passes(q_aug: np.ndarray, g_aug: np.ndarray, k1: int, exclude_self: boo
 
     def work(w: int, passes: list[tuple[int, int]]) -> list[np.ndarray]:
         torch.get_num_threads()  # torch sizes this thread's OpenMP team on first use; then one
-        with _threadpools().limit(limits=1, user_api="openmp"):
+        with threadpools().limit(limits=1, user_api="openmp"):
             if scratch[w] is None:
                 scratch[w] = _scratch(rows, len(g_aug), q_aug.dtype, k1)
             return [rank(a, *_cpu_candidates(q_aug, g_aug, a, b, k1, exclude_self, scratch[w],
@@ -270,7 +263,7 @@ def _cpu_passes(q_aug: np.ndarray, g_aug: np.ndarray, k1: int, exclude_self: boo
         stop = min(start + chunk, n_queries)
         passes = [(a, min(a + rows, stop)) for a in range(start, stop, rows)]
         shares = [passes[w::threads] for w in range(threads)]  # w's passes
-        with _threadpools().limit(limits=1, user_api="blas"):
+        with threadpools().limit(limits=1, user_api="blas"):
             done = list(pool.map(work, range(threads), shares)) if pool else [work(0, passes)]
         parts: list[np.ndarray] = [np.empty(0)] * len(passes)
         for w, results in enumerate(done):
