@@ -131,12 +131,14 @@ def sgm_objective(z: torch.Tensor, y: torch.Tensor, sigma: float = 0.5, reg: flo
     return (q - target).pow(2).sum(1).mean() + reg * z.norm(dim=1).mean()
 
 
-def qcs_base_network(classes: int) -> nn.Module:
-    """QCS's base branch at its quick profile (trunk qcs_small, 48 px, width 64, 4 heads), nothing else."""
+def qcs_base_network(classes: int, trunk_weights: str | None = None) -> nn.Module:
+    """QCS's base branch at its quick profile (trunk qcs_small, 48 px, width 64, 4 heads), nothing else; the trunk
+    from random init, or from ``trunk_weights`` ('synthetic-faces': fer-bench's shipped weights)."""
     from fer_bench.registry import get_method
     import fer_bench_methods.qcs  # noqa: F401  (registers qcs)
     cls = get_method("qcs")
-    return cls(**cls.resolve_params("quick", overrides={"connection": "off", "device": "cpu"})).build(classes)
+    params = cls.resolve_params("quick", overrides={"connection": "off", "device": "cpu", "pretrained": trunk_weights})
+    return cls(**params).build(classes)
 
 
 def main() -> None:
@@ -144,8 +146,8 @@ def main() -> None:
     ap.add_argument("model", choices=("siamese", "vit", "qcs_base", "sgm"))
     ap.add_argument("--init", choices=("torch", "xavier"), default="torch", help="siamese: fc init")
     ap.add_argument("--trunk-weights", default=None,
-                    help="siamese, sgm: start the trunk from 'synthetic-faces' (fer-bench's shipped weights); "
-                         "siamese also a state_dict file")
+                    help="siamese, sgm, qcs_base: start the trunk from 'synthetic-faces' (fer-bench's shipped "
+                         "weights; default random init); siamese also a state_dict file")
     ap.add_argument("--stem", choices=("linear", "conv"), default="linear", help="vit: patch embedding")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=550)
@@ -166,7 +168,7 @@ def main() -> None:
     elif args.model == "vit":
         net = PlainViT(args.stem, classes=classes)
     else:
-        net = qcs_base_network(classes)
+        net = qcs_base_network(classes, args.trunk_weights)
     lr = args.lr or {"siamese": 3e-4, "vit": 1e-3, "qcs_base": 2e-4, "sgm": 1e-3}[args.model]
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     order = torch.Generator().manual_seed(args.seed)
