@@ -299,7 +299,7 @@ GRID_KEYS = {"methods", "datasets", "test_datasets", "seeds", "profile", "label_
              "set", "budget", "tuned"}
 # A grid's ``tuned``: the equal-effort search (fer_bench.tuning) whose best configuration per method gives the
 # table's ``setting: tuned`` rows, next to the grid's own ``setting: default`` rows.
-TUNED_KEYS = {"dir", "trials", "budget", "space", "sampler_seed"}
+TUNED_KEYS = {"dir", "trials", "budget", "space", "sampler_seed", "startup_trials"}
 SETTING = "setting"
 
 
@@ -436,7 +436,7 @@ def run_tuned_searches(spec: dict[str, Any], results_root: Path, executor: Any, 
     """Run (or resume; finished trials are not rerun) the search of every tuned grid of a benchmark: each method
     of the grid that declares a search space, ``trials`` trials at the search's own ``budget`` on the grid's first
     seed, scored on validation only."""
-    from fer_bench.tuning import parse_space_options, search_space, tune
+    from fer_bench.tuning import STARTUP_TRIALS, parse_space_options, search_space, tune
 
     for table in spec["tables"]:
         for grid in _grids(table):
@@ -449,7 +449,7 @@ def run_tuned_searches(spec: dict[str, Any], results_root: Path, executor: Any, 
             tune(methods, grid.get("datasets", ["synthetic"])[0], int(tuned["trials"]), grid.get("profile", "quick"),
                  [list(grid.get("seeds", [0]))[0]], results_root / tuned["dir"], executor, spaces,
                  int(tuned.get("sampler_seed", 0)), _grid_context(grid, data_root, device, tuned.get("budget")),
-                 on_event=on_event)
+                 on_event=on_event, startup_trials=int(tuned.get("startup_trials", STARTUP_TRIALS)))
 
 
 def _noise_matrix(value: Any) -> dict | None:

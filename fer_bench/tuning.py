@@ -35,6 +35,9 @@ TRIALS_DIR = "trials"
 STUDY_FILE = "tuning.sqlite"
 SUMMARY_FILE = "tuning.json"
 SCORE = "final_val_accuracy"
+# TPE's random start-up trials per method (Optuna's default): with --trials at or below it a search is a seeded
+# random search; 12 trials give TPE 2 guided ones. --startup-trials sets it for every method alike.
+STARTUP_TRIALS = 10
 
 
 def search_space(method: str, given: dict[str, str] | None = None) -> dict[str, Space]:
@@ -101,15 +104,19 @@ def best_params(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 def tune(methods: list[str], dataset: str, trials: int, profile: str, seeds: list[int], run_dir: Path,
          executor: Any, spaces: dict[str, dict[str, Space]], sampler_seed: int = 0,
-         grid: dict | None = None, on_event: Callable | None = None, parallel: int = 1) -> dict[str, Any]:
+         grid: dict | None = None, on_event: Callable | None = None, parallel: int = 1,
+         startup_trials: int = STARTUP_TRIALS) -> dict[str, Any]:
     """Tune each method with ``trials`` trials over ``spaces[method]`` (``search_space``: checked by the caller
     before any work), then train its best configuration on ``seeds``; returns (and
-    writes to ``<run_dir>/tuning.json``) per method the space, the best parameters and value and the history."""
+    writes to ``<run_dir>/tuning.json``) per method the space, the best parameters and value and the history.
+    The first ``startup_trials`` trials of a method are drawn at random (TPE's start-up), the rest by TPE."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     if trials < 1:
         raise ParameterError(f"--trials must be at least 1, got {trials}.")
+    if startup_trials < 1:
+        raise ParameterError(f"--startup-trials must be at least 1, got {startup_trials}.")
     grid = grid or {}
     trial_dir = run_dir / TRIALS_DIR
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +138,8 @@ def tune(methods: list[str], dataset: str, trials: int, profile: str, seeds: lis
             for _ in range(max(0, min(parallel, trials - len(done)) - len(waiting))):
                 # reseeded from the trial's index: a proposal depends on the history alone, not on how many
                 # times the process restarted (a resumed search proposes what an uninterrupted one would)
-                study.sampler = optuna.samplers.TPESampler(seed=sampler_seed * 1_000_003 + len(study.trials))
+                study.sampler = optuna.samplers.TPESampler(seed=sampler_seed * 1_000_003 + len(study.trials),
+                                                           n_startup_trials=startup_trials)
                 fresh.append(study.ask(distributions).number)
             batch = {n: _trial_spec(method, dataset, profile, seeds[0], study.trials[n].params, grid)
                      for n in waiting + fresh}
@@ -154,7 +162,7 @@ def tune(methods: list[str], dataset: str, trials: int, profile: str, seeds: lis
                                        "params": t.params} for t in study.trials]}
     run_grid(final, run_dir, executor, on_event=on_event, reuse=[trial_dir])   # the trial's own seed: imported
     text = json.dumps({"dataset": dataset, "profile": profile, "trials": trials, "sampler": "TPE",
-                       "sampler_seed": sampler_seed, "seeds": seeds, "methods": summary}, indent=1, sort_keys=True,
+                       "sampler_seed": sampler_seed, "startup_trials": startup_trials, "seeds": seeds, "methods": summary}, indent=1, sort_keys=True,
                       default=str)
     atomic_write_text(run_dir / SUMMARY_FILE, text)
     return summary

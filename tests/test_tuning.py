@@ -133,7 +133,7 @@ tables:
       datasets: ["{TINY}"]
       seeds: [0, 1]
       profile: test
-      tuned: {{dir: tuned-demo/tune, trials: 2, budget: "epochs=1", space: {{baseline.lr: "log:1e-3:1e-2"}}}}
+      tuned: {{dir: tuned-demo/tune, trials: 2, startup_trials: 1, budget: "epochs=1", space: {{baseline.lr: "log:1e-3:1e-2"}}}}
 """
 
 
@@ -146,6 +146,7 @@ def test_a_benchmark_table_shows_default_against_tuned_and_regenerates_without_r
     write_paper_tables(bench, results, run=True, device="cpu")
     record = json.loads((results / "tuned-demo" / "tune" / "tuning.json").read_text())
     assert list(record["methods"]) == ["baseline"] and len(record["methods"]["baseline"]["trials"]) == 2
+    assert record["startup_trials"] == 1                                           # the file's, passed to TPE
     assert record["methods"]["baseline"]["space"]["lr"] == "log:0.001:0.01"       # the file's space over the declared
     table = (results / "tuned-demo" / "accuracy.md").read_text()
     header = next(line for line in table.splitlines() if line.startswith("| method"))
@@ -168,3 +169,10 @@ def test_a_tuned_grid_must_keep_default_and_tuned_apart(tmp_path):
     bench.write_text(TUNED_BENCHMARK.replace("trials: 2,", ""))
     with pytest.raises(ValueError, match="must be a mapping with at least 'dir'"):
         load_benchmark(bench)
+
+
+def test_startup_trials_below_one_is_a_usage_error_before_any_trial(tmp_path):
+    out = tmp_path / "tune"
+    proc = cli(*TUNE, "--startup-trials", "0", "--out", str(out), check=False)
+    assert proc.returncode == 2 and "--startup-trials must be at least 1, got 0" in proc.stderr, proc.stderr
+    assert not (out / "trials").exists()
