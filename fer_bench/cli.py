@@ -239,8 +239,8 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
 @click.option("--set", "sets", multiple=True, help="method.param=value held fixed in every trial; * for all methods.")
 @click.option("--budget", default=None, help="epochs=N: the training budget of every trial and final cell.")
 @click.option("--sampler-seed", type=int, default=0, show_default=True, help="Seed of the TPE sampler.")
-@click.option("--startup-trials", type=int, default=10, show_default=True,
-              help="Trials per method drawn at random before TPE models the history (Optuna's default: 10).")
+@click.option("--startup-trials", type=int, default=None,
+              help="Trials per method drawn at random before TPE models the history (default: Optuna's 10).")
 @click.option("--parallel-trials", type=int, default=2, show_default=True,
               help="Trials asked at once per method (cells in flight); part of what makes a search reproducible.")
 @click.option("--out", type=click.Path(), default="runs/tune", show_default=True, help="Run directory.")
@@ -251,12 +251,12 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
 @one_line_errors
 def tune(ctx: click.Context, methods: str, dataset: str, data_root: str | None, trials: int, seeds: str,
          profile: str, spaces: tuple[str, ...], sets: tuple[str, ...], budget: str | None, sampler_seed: int,
-         startup_trials: int, parallel_trials: int, out: str, device: str, executor: str, plugins: tuple[str, ...], **ray: Any) -> None:
+         startup_trials: int | None, parallel_trials: int, out: str, device: str, executor: str, plugins: tuple[str, ...], **ray: Any) -> None:
     """Equal-effort tuning: the same TPE search per method on validation, then its best configuration on --seeds."""
     from fer_bench.method import resolve_device
     from fer_bench.runner import check_run_dir, expand_grid, parse_budget
     from fer_bench.tables import write_run_outputs
-    from fer_bench.tuning import parse_space_options, search_space
+    from fer_bench.tuning import STARTUP_TRIALS, parse_space_options, search_space
     from fer_bench.tuning import tune as run_tuning
 
     _load_plugins(plugins)
@@ -266,8 +266,6 @@ def tune(ctx: click.Context, methods: str, dataset: str, data_root: str | None, 
     resolve_device(device)
     if parallel_trials < 1:
         raise ParameterError(f"--parallel-trials must be at least 1, got {parallel_trials}.")
-    if startup_trials < 1:
-        raise ParameterError(f"--startup-trials must be at least 1, got {startup_trials}.")
     space_texts = parse_space_options(list(spaces), method_names)
     resolved = {name: search_space(name, space_texts.get(name)) for name in method_names}  # exit 2 before any trial
     grid = {"sets": parse_overrides(sets, method_names), "device": device, "data_root": data_root,
@@ -290,7 +288,8 @@ def tune(ctx: click.Context, methods: str, dataset: str, data_root: str | None, 
 
     try:
         summary = run_tuning(method_names, dataset, trials, profile, _split_list(seeds, int, "seeds"), run_dir,
-                             runner, resolved, sampler_seed, grid, report, parallel_trials, startup_trials)
+                             runner, resolved, sampler_seed, grid, report, parallel_trials,
+                             STARTUP_TRIALS if startup_trials is None else startup_trials)
     except KeyboardInterrupt:
         interrupted(run_dir)
     for name, record in summary.items():

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,6 @@ import torch
 
 from fer_bench.threads import threadpools
 
-logger = logging.getLogger(__name__)
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _BLOCK_ELEMENTS = 1 << 18  # float64 elements per block of exact distances (2 MiB: in cache)

@@ -23,7 +23,7 @@ from fer_bench import plots as P
 from fer_bench.fileio import atomic_write_text
 from fer_bench.paper_layout import layout_markdown
 from fer_bench.store import STORE_NAME, Store, init_label
-from fer_bench.tables import _grids, _slug, load_benchmark, paper_table, summarize, summary_markdown, table_long, table_settings
+from fer_bench.tables import _slug, load_benchmark, paper_table, summarize, summary_markdown, table_long, table_settings, tuned_grids
 
 REPORT_NAME = "report.html"
 # the run's figures by file-name prefix, in the order the page shows them
@@ -79,8 +79,7 @@ def _benchmark_report(path: Path, results_root: Path) -> Path:
                 f"Metric: `{metric}` (x{table.get('scale', 100)})\n\n{body}" + (f"\n\n{notes}" if notes else ""))})
         cells = list(store.cells(list(dict.fromkeys(ids))))
         write_cost_plots(run_dir / "plots", store.metrics_frame([c["id"] for c in cells]))
-    searches = list(dict.fromkeys(results_root / g["tuned"]["dir"] for t in spec["tables"] for g in _grids(t)
-                                  if "tuned" in g))
+    searches = list(dict.fromkeys(search_dir for _, search_dir in tuned_grids(spec, results_root)))
     for search in searches:                       # the tuned grids' search histories, after the tables
         sections += _tuning_sections(search)
     figures = _figures(out_dir, run_dir / "plots") + _figures(out_dir, out_dir / "figures", "Method figures")

@@ -88,13 +88,11 @@ class CellSpec:
             # a cell from random init keeps the id it had before the quick profiles started from pretrained
             # trunks (#17), when random init needed no override: the resolved parameters are the same
             payload["overrides"] = {k: v for k, v in self.overrides.items() if k != "pretrained"}
-        payload["params"] = {k: v for k, v in self.params.items() if k != "device" and not self._id_neutral(k, v)}
+        # a parameter declared id_neutral at its default stays out of the id (see fer_bench.params.Param)
+        declared = METHODS.get(self.method).params if self.method in METHODS else {}
+        neutral = {k for k, p in declared.items() if p.id_neutral and self.params.get(k) == p.default}
+        payload["params"] = {k: v for k, v in self.params.items() if k != "device" and k not in neutral}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def _id_neutral(self, name: str, value: Any) -> bool:
-        """A parameter declared ``id_neutral`` at its default: left out of the id (see fer_bench.params.Param)."""
-        param = METHODS.get(self.method).params.get(name) if self.method in METHODS else None
-        return param is not None and param.id_neutral and value == param.default
 
     @property
     def dataset_label(self) -> str:

@@ -401,15 +401,18 @@ def table_settings(table: dict[str, Any], data_root: str | None = None, device: 
     return out
 
 
-def _grid_specs(grid: dict[str, Any], data_root: str | None, device: str) -> list:
+def _grid_sets(grid: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """A grid's ``set`` mapping as ``--set`` overrides ({method or '*': {param: value}})."""
     from fer_bench.method import parse_overrides
+    return parse_overrides([f"{k}={v}" for k, v in (grid.get("set") or {}).items()], list(grid["methods"]))
+
+
+def _grid_specs(grid: dict[str, Any], data_root: str | None, device: str) -> list:
     from fer_bench.runner import expand_grid
 
-    methods = list(grid["methods"])
-    sets = [f"{k}={v}" for k, v in (grid.get("set") or {}).items()]
-    return expand_grid(methods, list(grid.get("datasets", ["synthetic"])), list(grid.get("seeds", [0])),
+    return expand_grid(list(grid["methods"]), list(grid.get("datasets", ["synthetic"])), list(grid.get("seeds", [0])),
                        [float(r) for r in grid.get("label_noise", [0.0])], grid.get("profile", "quick"),
-                       parse_overrides(sets, methods), device, data_root, grid.get("noise_kind", "symmetric"),
+                       _grid_sets(grid), device, data_root, grid.get("noise_kind", "symmetric"),
                        grid.get("test_datasets"), _noise_matrix(grid.get("noise_matrix")), grid.get("budget"))
 
 
@@ -422,13 +425,16 @@ def table_long(store: Store, settings: list[tuple[str, Any]]) -> pd.DataFrame:
 
 def _grid_context(grid: dict[str, Any], data_root: str | None, device: str, budget: Any = "grid") -> dict:
     """The ``grid`` mapping of fer_bench.tuning (``--set`` values, device, data root, budget) of a table grid."""
-    from fer_bench.method import parse_overrides
     from fer_bench.runner import parse_budget
 
-    methods = list(grid["methods"])
-    sets = parse_overrides([f"{k}={v}" for k, v in (grid.get("set") or {}).items()], methods)
-    return {"sets": sets, "device": device, "data_root": data_root,
+    return {"sets": _grid_sets(grid), "device": device, "data_root": data_root,
             "budget": parse_budget(grid.get("budget") if budget == "grid" else budget)}
+
+
+def tuned_grids(spec: dict[str, Any], results_root: str | Path) -> list[tuple[dict[str, Any], Path]]:
+    """(grid, search directory under ``results_root``) of every grid of a benchmark that has ``tuned``."""
+    return [(grid, Path(results_root) / grid["tuned"]["dir"]) for table in spec["tables"] for grid in _grids(table)
+            if "tuned" in grid]
 
 
 def run_tuned_searches(spec: dict[str, Any], results_root: Path, executor: Any, data_root: str | None,
@@ -438,18 +444,15 @@ def run_tuned_searches(spec: dict[str, Any], results_root: Path, executor: Any, 
     seed, scored on validation only."""
     from fer_bench.tuning import STARTUP_TRIALS, parse_space_options, search_space, tune
 
-    for table in spec["tables"]:
-        for grid in _grids(table):
-            if "tuned" not in grid:
-                continue
-            tuned = grid["tuned"]
-            methods = [m for m in grid["methods"] if any(p.search for p in get_method(m).params.values())]
-            texts = parse_space_options([f"{k}={v}" for k, v in (tuned.get("space") or {}).items()], methods)
-            spaces = {m: search_space(m, texts.get(m)) for m in methods}
-            tune(methods, grid.get("datasets", ["synthetic"])[0], int(tuned["trials"]), grid.get("profile", "quick"),
-                 [list(grid.get("seeds", [0]))[0]], results_root / tuned["dir"], executor, spaces,
-                 int(tuned.get("sampler_seed", 0)), _grid_context(grid, data_root, device, tuned.get("budget")),
-                 on_event=on_event, startup_trials=int(tuned.get("startup_trials", STARTUP_TRIALS)))
+    for grid, search_dir in tuned_grids(spec, results_root):
+        tuned = grid["tuned"]
+        methods = [m for m in grid["methods"] if any(p.search for p in get_method(m).params.values())]
+        texts = parse_space_options([f"{k}={v}" for k, v in (tuned.get("space") or {}).items()], methods)
+        spaces = {m: search_space(m, texts.get(m)) for m in methods}
+        tune(methods, grid.get("datasets", ["synthetic"])[0], int(tuned["trials"]), grid.get("profile", "quick"),
+             [list(grid.get("seeds", [0]))[0]], search_dir, executor, spaces,
+             int(tuned.get("sampler_seed", 0)), _grid_context(grid, data_root, device, tuned.get("budget")),
+             on_event=on_event, startup_trials=int(tuned.get("startup_trials", STARTUP_TRIALS)))
 
 
 def _noise_matrix(value: Any) -> dict | None:
@@ -506,8 +509,7 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
     if run:
         cells = {s.cell_id: s for _, settings in per_table for _, s in settings}
         declared = [Path(results_root) / d for d in spec.get("reuse") or []]
-        searches = [Path(results_root) / g["tuned"]["dir"] / TRIALS_DIR for t in spec["tables"] for g in _grids(t)
-                    if "tuned" in g]
+        searches = [search_dir / TRIALS_DIR for _, search_dir in tuned_grids(spec, results_root)]
         sources = [*reuse, *(d for d in [*declared, *searches] if (d / STORE_NAME).is_file())]
         run_grid(list(cells.values()), run_dir, executor, on_event=on_event,
                  reuse=sources, need_artifacts=False)  # tables read metrics; committed results keep no cell folders

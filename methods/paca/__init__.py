@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 
 EXTERNAL = PC.CLUSTER_METHODS                     # clusterings computed outside the network
 CLUSTERINGS = (*EXTERNAL, "learned", "none")
+CLUSTER_BACKENDS = ("auto", "sklearn", "torch")   # torch: batched k-means; auto: torch for kmeans, sklearn otherwise
 
 
 @register_method("paca")
@@ -102,7 +103,7 @@ class PaCa(TorchMethod):
         "clusters": Param(4, int, low=1, doc="k: cluster tokens per image"),
         "cluster_tokens": Param("static", choices=("static", "pooled"),
                                 doc="static: frozen-embedding centroids; pooled: the assignment pools each layer's tokens"),
-        "cluster_backend": Param("auto", choices=("auto", "sklearn", "torch"),
+        "cluster_backend": Param("auto", choices=CLUSTER_BACKENDS,
                                  doc="torch: batched k-means over every image at once (kmeans only, scikit-learn's "
                                      "partitions); sklearn: one scikit-learn call per image; auto: torch for kmeans"),
         "cluster_workers": Param(0, int, low=0, doc="process pool size for per-image clustering (0: in process)"),
@@ -307,18 +308,20 @@ class PaCa(TorchMethod):
         return out
 
 
+# paca_learned and vit cluster nothing: cluster_backend is unused there, and stays at its old default so that
+# their committed cells keep their ids
+UNUSED_BACKEND = Param("sklearn", choices=CLUSTER_BACKENDS, doc="unused (no per-image clustering)")
+
+
 @register_method("paca_learned")
 class PaCaLearned(PaCa):
     """PaCa-ViT's learned clustering head (softmax over patches per cluster) in the same ViT."""
 
-    # no per-image clustering: cluster_backend is unused, kept at its old default so these cells keep their ids
-    params = {"clustering": Param("learned", choices=CLUSTERINGS),
-              "cluster_backend": Param("sklearn", choices=("auto", "sklearn", "torch"), doc="unused (no clustering)")}
+    params = {"clustering": Param("learned", choices=CLUSTERINGS), "cluster_backend": UNUSED_BACKEND}
 
 
 @register_method("vit")
 class ViT(PaCa):
     """The reference ViT: plain patch-to-patch attention, same tokens and depth."""
 
-    params = {"clustering": Param("none", choices=CLUSTERINGS),                 # as PaCaLearned's
-              "cluster_backend": Param("sklearn", choices=("auto", "sklearn", "torch"), doc="unused (no clustering)")}
+    params = {"clustering": Param("none", choices=CLUSTERINGS), "cluster_backend": UNUSED_BACKEND}
