@@ -238,6 +238,9 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
               help="method.param=log:LOW:HIGH | uniform:LOW:HIGH | int:LOW:HIGH | choice:A|B (over the declared range).")
 @click.option("--set", "sets", multiple=True, help="method.param=value held fixed in every trial; * for all methods.")
 @click.option("--budget", default=None, help="epochs=N: the training budget of every trial and final cell.")
+@click.option("--label-noise", type=float, default=0.0, show_default=True,
+              help="Label-noise rate on train for every trial and final cell (validation stays clean).")
+@click.option("--noise-kind", type=click.Choice(["symmetric", "pairflip"]), default="symmetric", show_default=True)
 @click.option("--sampler-seed", type=int, default=0, show_default=True, help="Seed of the TPE sampler.")
 @click.option("--startup-trials", type=int, default=None,
               help="Trials per method drawn at random before TPE models the history (default: Optuna's 10).")
@@ -250,7 +253,8 @@ def run(ctx: click.Context, methods: str, datasets: tuple[str, ...], data_root: 
 @click.pass_context
 @one_line_errors
 def tune(ctx: click.Context, methods: str, dataset: str, data_root: str | None, trials: int, seeds: str,
-         profile: str, spaces: tuple[str, ...], sets: tuple[str, ...], budget: str | None, sampler_seed: int,
+         profile: str, spaces: tuple[str, ...], sets: tuple[str, ...], budget: str | None, label_noise: float,
+         noise_kind: str, sampler_seed: int,
          startup_trials: int | None, parallel_trials: int, out: str, device: str, executor: str, plugins: tuple[str, ...], **ray: Any) -> None:
     """Equal-effort tuning: the same TPE search per method on validation, then its best configuration on --seeds."""
     from fer_bench.method import resolve_device
@@ -269,8 +273,9 @@ def tune(ctx: click.Context, methods: str, dataset: str, data_root: str | None, 
     space_texts = parse_space_options(list(spaces), method_names)
     resolved = {name: search_space(name, space_texts.get(name)) for name in method_names}  # exit 2 before any trial
     grid = {"sets": parse_overrides(sets, method_names), "device": device, "data_root": data_root,
-            "budget": parse_budget(budget)}
-    expand_grid(method_names, [dataset], [0], [0.0], profile, grid["sets"], device, data_root, budget=budget)  # --set
+            "budget": parse_budget(budget), "label_noise": label_noise, "noise_kind": noise_kind}
+    expand_grid(method_names, [dataset], [0], [label_noise], profile, grid["sets"], device, data_root,  # --set, noise
+                noise_kind, budget=budget)
     run_dir = check_run_dir(out)
     runner = make_executor(ctx, executor, plugins, **ray)
     click.echo(f"fer-bench {fer_bench.__version__}: tuning {', '.join(method_names)} on {dataset}, {trials} trials "

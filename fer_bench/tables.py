@@ -299,7 +299,7 @@ GRID_KEYS = {"methods", "datasets", "test_datasets", "seeds", "profile", "label_
              "set", "budget", "tuned"}
 # A grid's ``tuned``: the equal-effort search (fer_bench.tuning) whose best configuration per method gives the
 # table's ``setting: tuned`` rows, next to the grid's own ``setting: default`` rows.
-TUNED_KEYS = {"dir", "trials", "budget", "space", "sampler_seed", "startup_trials"}
+TUNED_KEYS = {"dir", "trials", "budget", "space", "sampler_seed", "startup_trials", "parallel_trials"}
 SETTING = "setting"
 
 
@@ -337,7 +337,8 @@ def load_benchmark(path: str | Path) -> dict[str, Any]:
 
 
 def _check_tuned(grid: dict[str, Any], table: dict[str, Any], filename: str) -> None:
-    """A tuned grid: a mapping with ``dir`` and ``trials``, one dataset (a search is per dataset), and ``setting``
+    """A tuned grid: a mapping with ``dir`` and ``trials``, one dataset and one label-noise rate (a search is per
+    data variant; it trains on the grid's noisy labels and selects on clean validation labels), and ``setting``
     among the table's rows (else default and tuned cells would be averaged together)."""
     where = f"{filename} table {table['name']!r} grid 'tuned'"
     tuned = grid["tuned"]
@@ -348,6 +349,9 @@ def _check_tuned(grid: dict[str, Any], table: dict[str, Any], filename: str) -> 
     if len(grid.get("datasets", ["synthetic"])) != 1:
         raise ValueError(f"{where}: a tuned grid has one dataset (the search is per dataset); split it into one grid "
                          f"per dataset, each with its own 'dir'.")
+    if len(grid.get("label_noise", [0.0])) != 1:
+        raise ValueError(f"{where}: a tuned grid has one label_noise rate (the search is per data variant); split it "
+                         f"into one grid per rate, each with its own 'dir'.")
     rows = table.get("rows", ["method", "dataset"])
     if SETTING not in ([rows] if isinstance(rows, str) else rows):
         raise ValueError(f"{where}: add '{SETTING}' to the table's rows (or layout columns), so default and tuned "
@@ -428,7 +432,9 @@ def _grid_context(grid: dict[str, Any], data_root: str | None, device: str, budg
     from fer_bench.runner import parse_budget
 
     return {"sets": _grid_sets(grid), "device": device, "data_root": data_root,
-            "budget": parse_budget(grid.get("budget") if budget == "grid" else budget)}
+            "budget": parse_budget(grid.get("budget") if budget == "grid" else budget),
+            "label_noise": float(grid.get("label_noise", [0.0])[0]), "noise_kind": grid.get("noise_kind", "symmetric"),
+            "noise_matrix": _noise_matrix(grid.get("noise_matrix"))}
 
 
 def tuned_grids(spec: dict[str, Any], results_root: str | Path) -> list[tuple[dict[str, Any], Path]]:
@@ -452,7 +458,8 @@ def run_tuned_searches(spec: dict[str, Any], results_root: Path, executor: Any, 
         tune(methods, grid.get("datasets", ["synthetic"])[0], int(tuned["trials"]), grid.get("profile", "quick"),
              [list(grid.get("seeds", [0]))[0]], search_dir, executor, spaces,
              int(tuned.get("sampler_seed", 0)), _grid_context(grid, data_root, device, tuned.get("budget")),
-             on_event=on_event, startup_trials=int(tuned.get("startup_trials", STARTUP_TRIALS)))
+             on_event=on_event, parallel=int(tuned.get("parallel_trials", 1)),
+             startup_trials=int(tuned.get("startup_trials", STARTUP_TRIALS)))
 
 
 def _noise_matrix(value: Any) -> dict | None:

@@ -18,6 +18,7 @@ own store, tagged ``tuned`` in ``<run>/tuning.json`` with the search history).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -76,6 +77,18 @@ def parse_space_options(items: list[str], methods: list[str]) -> dict[str, dict[
     return out
 
 
+def _study_name(method: str, dataset: str, profile: str, seed: int, grid: dict) -> str:
+    """One study per method and data variant (training-label noise included: a search on noisy labels is not
+    the clean one's); clean searches keep the name they always had."""
+    name = f"{method}|{dataset}|{profile}|seed{seed}"
+    rate = float(grid.get("label_noise", 0.0))
+    if rate:
+        matrix = "|matrix" + hashlib.sha256(json.dumps(grid["noise_matrix"], sort_keys=True).encode()).hexdigest()[:8] \
+            if grid.get("noise_matrix") else ""
+        name += f"|noise{rate:g}-{grid.get('noise_kind', 'symmetric')}{matrix}"
+    return name
+
+
 def _trial_spec(method: str, dataset: str, profile: str, seed: int, params: dict[str, Any], grid: dict) -> CellSpec:
     """The cell of one trial (see ``configured_specs``)."""
     return configured_specs(method, [dataset], profile, [seed], params, grid)[0]
@@ -89,8 +102,10 @@ def configured_specs(method: str, datasets: list[str], profile: str, seeds: list
     sets, declared = grid.get("sets", {}), get_method(method).params
     overrides = {"*": {k: v for k, v in sets.get("*", {}).items() if k in declared},   # checked over the run
                  method: {**sets.get(method, {}), **{k: str(v) for k, v in params.items()}}}
-    return expand_grid([method], datasets, seeds, [0.0], profile, overrides, grid.get("device", "auto"),
-                       grid.get("data_root"), budget=grid.get("budget"), threads=grid.get("threads", 1))
+    return expand_grid([method], datasets, seeds, [float(grid.get("label_noise", 0.0))], profile, overrides,
+                       grid.get("device", "auto"), grid.get("data_root"), grid.get("noise_kind", "symmetric"),
+                       noise_matrix=grid.get("noise_matrix"), budget=grid.get("budget"),
+                       threads=grid.get("threads", 1))
 
 
 def best_params(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -126,7 +141,7 @@ def tune(methods: list[str], dataset: str, trials: int, profile: str, seeds: lis
     for method in methods:
         space = spaces[method]
         distributions = {name: s.distribution() for name, s in space.items()}
-        study = optuna.create_study(study_name=f"{method}|{dataset}|{profile}|seed{seeds[0]}", storage=storage,
+        study = optuna.create_study(study_name=_study_name(method, dataset, profile, seeds[0], grid), storage=storage,
                                     direction="maximize", load_if_exists=True)
         study.set_user_attr("space", {k: s.describe() for k, s in space.items()})
         while True:
@@ -161,8 +176,9 @@ def tune(methods: list[str], dataset: str, trials: int, profile: str, seeds: lis
                            "trials": [{"number": t.number, "state": t.state.name, "value": t.value,
                                        "params": t.params} for t in study.trials]}
     run_grid(final, run_dir, executor, on_event=on_event, reuse=[trial_dir])   # the trial's own seed: imported
-    text = json.dumps({"dataset": dataset, "profile": profile, "trials": trials, "sampler": "TPE",
-                       "sampler_seed": sampler_seed, "startup_trials": startup_trials, "seeds": seeds, "methods": summary}, indent=1, sort_keys=True,
-                      default=str)
+    noise = {k: grid[k] for k in ("label_noise", "noise_kind") if grid.get("label_noise")}
+    text = json.dumps({"dataset": dataset, **noise, "profile": profile, "trials": trials, "sampler": "TPE",
+                       "sampler_seed": sampler_seed, "startup_trials": startup_trials, "parallel_trials": parallel,
+                       "seeds": seeds, "methods": summary}, indent=1, sort_keys=True, default=str)
     atomic_write_text(run_dir / SUMMARY_FILE, text)
     return summary

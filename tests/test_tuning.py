@@ -112,12 +112,13 @@ def test_a_trials_cell_takes_method_sets_over_star_sets_and_its_own_values_over_
 
 
 @pytest.mark.parametrize("held, message", [
-    ("baseline.lr=-1", "The 'lr' parameter of baseline must be a float in (0, inf). Got '-1' instead."),
-    ("*.margn=1", "--set '*.margn': no method of this run has a parameter 'margn'"),
+    (("--set", "baseline.lr=-1"), "The 'lr' parameter of baseline must be a float in (0, inf). Got '-1' instead."),
+    (("--set", "*.margn=1"), "--set '*.margn': no method of this run has a parameter 'margn'"),
+    (("--label-noise", "1.5"), "label-noise rate 1.5 is out of range"),
 ])
 def test_bad_fixed_values_are_usage_errors_before_any_trial(held, message, tmp_path):
     out = tmp_path / "tune"
-    proc = cli(*TUNE, "--set", held, "--out", str(out), check=False)
+    proc = cli(*TUNE, *held, "--out", str(out), check=False)
     assert proc.returncode == 2 and message in proc.stderr and not (out / "trials").exists(), proc.stderr
 
 
@@ -168,6 +169,29 @@ def test_a_tuned_grid_must_keep_default_and_tuned_apart(tmp_path):
         load_benchmark(bench)
     bench.write_text(TUNED_BENCHMARK.replace("trials: 2,", ""))
     with pytest.raises(ValueError, match="must be a mapping with at least 'dir'"):
+        load_benchmark(bench)
+
+
+def test_a_tuned_grid_on_noisy_labels_searches_and_trains_on_them(tmp_path):
+    from fer_bench.tables import load_benchmark, table_settings
+    from fer_bench.tuning import SUMMARY_FILE, _study_name, _trial_spec
+
+    noisy = {"device": "cpu", "label_noise": 0.3, "noise_kind": "symmetric"}
+    assert _trial_spec("baseline", TINY, "test", 0, {"lr": 1e-3}, noisy).label_noise == 0.3
+    assert _study_name("baseline", "synthetic", "quick", 0, {}) == "baseline|synthetic|quick|seed0"   # as before
+    assert _study_name("baseline", "synthetic", "quick", 0, noisy) == "baseline|synthetic|quick|seed0|noise0.3-symmetric"
+    bench = tmp_path / "tuned-demo.yaml"
+    bench.write_text(TUNED_BENCHMARK.replace("profile: test", "profile: test\n      label_noise: [0.3]"))
+    table = load_benchmark(bench)["tables"][0]
+    results = tmp_path / "results"
+    (results / "tuned-demo" / "tune").mkdir(parents=True)
+    (results / "tuned-demo" / "tune" / SUMMARY_FILE).write_text(json.dumps(
+        {"methods": {"baseline": {"best_params": {"lr": 0.005}}}}))
+    settings = table_settings(table, device="cpu", results_root=results)
+    assert {(name, s.method, s.label_noise) for name, s in settings} == {
+        ("default", "baseline", 0.3), ("default", "majority", 0.3), ("tuned", "baseline", 0.3)}
+    bench.write_text(TUNED_BENCHMARK.replace("profile: test", "profile: test\n      label_noise: [0, 0.3]"))
+    with pytest.raises(ValueError, match="a tuned grid has one label_noise rate"):
         load_benchmark(bench)
 
 
