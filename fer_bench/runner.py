@@ -84,10 +84,11 @@ class CellSpec:
             payload.pop("budget")
         if self.threads == DEFAULT_THREADS:  # cells at the default keep the ids they had before it was recorded
             payload.pop("threads")
-        if self.params.get("pretrained") is None and "pretrained" in self.overrides:
-            # a cell from random init keeps the id it had before the quick profiles started from pretrained
-            # trunks (#17), when random init needed no override: the resolved parameters are the same
-            payload["overrides"] = {k: v for k, v in self.overrides.items() if k != "pretrained"}
+        restated = {k for k in self.overrides if _restates_former_default(self.method, self.profile, k, self.params)}
+        if restated:
+            # a cell that restates a former default keeps the id it had when that was the default and needed no
+            # override: the resolved parameters are the same (see FORMER_QUICK_DEFAULTS)
+            payload["overrides"] = {k: v for k, v in self.overrides.items() if k not in restated}
         # a parameter declared id_neutral at its default stays out of the id (see fer_bench.params.Param)
         declared = METHODS.get(self.method).params if self.method in METHODS else {}
         neutral = {k for k, p in declared.items() if p.id_neutral and self.params.get(k) == p.default}
@@ -135,6 +136,24 @@ class CellResult:
 
 # --------------------------------------------------------------------------------------------------
 # Grid
+
+
+# Values the quick profiles had before a change of the shared quick settings, per parameter: (value, methods whose
+# quick profile had it; None: every method and profile). A cell that sets one of them back with --set is the
+# experiment a cell recorded before the change was, when it needed no override, so the override stays out of its
+# id (committed stores and --reuse still find it; the tables' labels still show it). pretrained=None: random init,
+# before the quick profiles started from the shipped trunks (#17); augment=light: before QUICK_AUGMENT (#17).
+FORMER_QUICK_DEFAULTS: dict[str, tuple[Any, frozenset[str] | None]] = {
+    "pretrained": (None, None),
+    "augment": ("light", frozenset({"baseline", "qcs", "dcs", "sgm", "triplet", "dgms", "sceald"})),
+}
+
+
+def _restates_former_default(method: str, profile: str, name: str, params: dict[str, Any]) -> bool:
+    if name not in FORMER_QUICK_DEFAULTS:
+        return False
+    value, methods = FORMER_QUICK_DEFAULTS[name]
+    return params.get(name) == value and (methods is None or (profile == "quick" and method in methods))
 
 
 def expand_grid(methods: list[str], datasets: list[str], seeds: list[int], label_noise: list[float],

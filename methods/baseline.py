@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, TorchMethod
+from fer_bench.method import QUICK_AUGMENT, QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, TorchMethod
 from fer_bench.models import build_backbone
 from fer_bench.registry import register_method
 
@@ -41,7 +41,7 @@ class Baseline(TorchMethod):
     }
     profiles = {
         "test": {"epochs": 1, "image_size": 32, "batch_size": 64},
-        "quick": {"epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 2e-3, "scheduler": "cosine",
+        "quick": {"augment": QUICK_AUGMENT, "epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 2e-3, "scheduler": "cosine",
                   "pretrained": QUICK_INIT},
         # The SGMLoss paper's "CNN" row (section 4.1): ResNet18, Adam, lr 1e-4, batch 256. The paper gives
         # no epoch count or input size for it: 40 epochs (SCE-ALD's maximum) and 112 px are our choice.

@@ -153,6 +153,12 @@ def test_star_pretrained_none_passes_over_methods_without_the_parameter_and_keep
     assert baseline.cell_id == dc.replace(baseline, overrides={}).cell_id
     pretrained = expand_grid(["baseline"], ["synthetic"], [0], [0.0], "quick", {}, device="cpu")[0]
     assert pretrained.params["pretrained"] == "synthetic-faces" and pretrained.cell_id != baseline.cell_id
+    # the same for light augmentation, the quick default of baseline (and six others) before QUICK_AUGMENT: the
+    # committed paper tables' cells restate it and keep their ids; where it never was the default it counts
+    light = expand_grid(["baseline", "siamese"], ["synthetic"], [0], [0.0], "quick",
+                        parse_overrides(["*.augment=light"], ["baseline", "siamese"]), device="cpu")
+    assert light[0].cell_id == dc.replace(light[0], overrides={}).cell_id
+    assert light[1].cell_id != dc.replace(light[1], overrides={}).cell_id
     with pytest.raises(ParameterError, match=r"no method of this run has a parameter 'pretrainde'"):
         expand_grid(["majority", "baseline"], ["synthetic"], [0], [0.0], "quick",
                     parse_overrides(["*.pretrainde=none"], ["majority", "baseline"]), device="cpu")

@@ -35,6 +35,8 @@ def test_every_torch_method_searches_the_shared_training_loop_space():
             assert {k: s.describe() for k, s in space.items() if k in ("lr", "weight_decay", "scheduler")} == {
                 "lr": "log:0.0001:0.01", "weight_decay": "choice:0.0|1e-05|0.0001|0.001",
                 "scheduler": "choice:none|cosine|exponential"}, name
+            # augmentation too, except where it would move pixels away from cached per-image clusterings
+            assert ("augment" in space) == (name != "paca"), name
     assert search_space("triplet", {"margin": "uniform:0.1:0.5"})["margin"].describe() == "uniform:0.1:0.5"
 
 

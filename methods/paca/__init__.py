@@ -59,7 +59,7 @@ from torch import nn
 from fer_bench import clustering as PC
 from fer_bench.data import FERDataset
 from fer_bench.evaluation import MetricSpec
-from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, ParameterError, TorchMethod
+from fer_bench.method import AUGMENT_SPACE, QUICK_AUGMENT, QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, ParameterError, TorchMethod
 from fer_bench.models.pretrained import SYNTHETIC_FACES, load_trunk, record_of
 from fer_bench.registry import register_method
 from fer_bench_methods.paca.blocks import (ConvStem, LearnedClustering, PaCaViT, PatchToClusterAttention,  # noqa: F401
@@ -139,7 +139,7 @@ class PaCa(TorchMethod):
         "quick": {"backbone": "smallcnn_tiny", "image_size": 96, "patch_size": 16, "patch_embed": "conv", "dim": 64,
                   "heads": 4,
                   "epochs": QUICK_EPOCHS, "batch_size": QUICK_BATCH, "lr": 1e-3, "dropout": 0.1,
-                  "cluster_workers": 2, "pretrained": QUICK_INIT},
+                  "cluster_workers": 2, "pretrained": QUICK_INIT, "augment": QUICK_AUGMENT},
         # The study: Adam 1e-3, cross-entropy, depth 6, 30 epochs, ResNet-50 (ImageNet) patch embeddings,
         # 96 px / 16 px patches. Width 384 and 6 heads (notes 3.4 item 5), batch 128: our choice.
         "paper": {"backbone": "resnet50", "pretrained": "imagenet", "image_size": 96, "patch_size": 16, "dim": 384,
@@ -309,19 +309,23 @@ class PaCa(TorchMethod):
 
 
 # paca_learned and vit cluster nothing: cluster_backend is unused there, and stays at its old default so that
-# their committed cells keep their ids
+# their committed cells keep their ids; with no cached assignments they may augment, so a search may try it
 UNUSED_BACKEND = Param("sklearn", choices=CLUSTER_BACKENDS, doc="unused (no per-image clustering)")
+FREE_AUGMENT = Param("none", choices=("none", "light", "standard"), search=AUGMENT_SPACE,
+                     doc="no per-image clustering to keep in step with the pixels")
 
 
 @register_method("paca_learned")
 class PaCaLearned(PaCa):
     """PaCa-ViT's learned clustering head (softmax over patches per cluster) in the same ViT."""
 
-    params = {"clustering": Param("learned", choices=CLUSTERINGS), "cluster_backend": UNUSED_BACKEND}
+    params = {"clustering": Param("learned", choices=CLUSTERINGS), "cluster_backend": UNUSED_BACKEND,
+              "augment": FREE_AUGMENT}
 
 
 @register_method("vit")
 class ViT(PaCa):
     """The reference ViT: plain patch-to-patch attention, same tokens and depth."""
 
-    params = {"clustering": Param("none", choices=CLUSTERINGS), "cluster_backend": UNUSED_BACKEND}
+    params = {"clustering": Param("none", choices=CLUSTERINGS), "cluster_backend": UNUSED_BACKEND,
+              "augment": FREE_AUGMENT}

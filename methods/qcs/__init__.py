@@ -28,7 +28,7 @@ from torch import nn
 from fer_bench_methods.qcs import blocks as QB
 from fer_bench.data import FERDataset
 from fer_bench.evaluation import MetricSpec
-from fer_bench.method import (QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, SCHEDULE_SPACE, SCHEDULERS, Param, ParameterError,
+from fer_bench.method import (QUICK_AUGMENT, QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, SCHEDULE_SPACE, SCHEDULERS, Param, ParameterError,
                               TorchMethod)
 from fer_bench.models import build_backbone
 from fer_bench.registry import register_method
@@ -255,7 +255,7 @@ class _CrossSimilarity(TorchMethod):
 # forward passes. SAM (the paper's optimizer, for flat minima over 100-200 epochs) stays in the paper profile.
 QUICK = {"backbone": "qcs_small", "image_size": 48, "embed_dim": 64, "heads": 4, "epochs": QUICK_EPOCHS,
          "batch_size": QUICK_BATCH, "optimizer": "adam",
-         "lr": 2e-4, "gamma": 0.9, "augment": "light", "eval_batch_size": 256, "pretrained": QUICK_INIT}
+         "lr": 2e-4, "gamma": 0.9, "augment": QUICK_AUGMENT, "eval_batch_size": 256, "pretrained": QUICK_INIT}
 TEST = {"backbone": "qcs_tiny", "image_size": 24, "embed_dim": 16, "epochs": 1, "batch_size": 16, "lr": 1e-3,
         "augment": "light", "eval_batch_size": 64}
 # Paper: the official IR-50 trunk with its MS-Celeb-1M weights, ir50.pth from the QCS README, read from the

@@ -56,7 +56,7 @@ from torch import nn
 from fer_bench import labels as L
 from fer_bench.data import FERDataset, stratified_holdout
 from fer_bench.evaluation import MetricSpec
-from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, TorchMethod
+from fer_bench.method import QUICK_AUGMENT, QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, TorchMethod
 from fer_bench.params import uniform
 from fer_bench.models import build_backbone
 from fer_bench.models.pretrained import SYNTHETIC_FACES, weights_records
@@ -124,7 +124,7 @@ class SCEALD(TorchMethod):
         "test": {"epochs": 2, "image_size": 24, "batch_size": 64, "ae_epochs": 1, "ld_start": 0.5,
                  "ae_backbone": "smallcnn_tiny"},
         # The baseline's quick settings (so beta=1 reproduces the baseline exactly) + a short AE stage.
-        "quick": {"epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 2e-3, "scheduler": "cosine",
+        "quick": {"augment": QUICK_AUGMENT, "epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 2e-3, "scheduler": "cosine",
                   "ae_epochs": 3, "ae_lr": 2e-3, "pretrained": QUICK_INIT},
         # Section III-D: VGG16 task backbone, batch 32, lr 1e-4, 40 epochs, LD term from the 10th epoch,
         # beta 0.7, 224 px MTCNN-aligned faces. Optimiser unstated (Adam is our choice); the MS-Celeb-1M

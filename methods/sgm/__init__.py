@@ -63,7 +63,7 @@ import fer_bench.models.sgm_backbones  # noqa: F401  (registers fmpnet, cvgg13, 
 from fer_bench import metrics as M
 from fer_bench.data import FERDataset
 from fer_bench.evaluation import MetricSpec
-from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, EmbeddingMethod, Param, nearest_centroid
+from fer_bench.method import QUICK_AUGMENT, QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, EmbeddingMethod, Param, nearest_centroid
 from fer_bench.params import log_uniform
 from fer_bench.models import build_backbone
 from fer_bench.registry import register_method
@@ -182,7 +182,7 @@ class SGM(MetricEmbedding):
         # scratch one (54.7 % against 61.4 %, seeds 0-2). Rescaling the layer to a spread of 16 gave 62.1 %
         # (seed 0, against 57.1 %); an equal-effort search (8 trials on validation) pointed the same way: its
         # best sigma, 1.79, gives the same initial spread. From random init the spread is already ~14.
-        "quick": {"epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 1e-3, "scheduler": "none",
+        "quick": {"augment": QUICK_AUGMENT, "epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 1e-3, "scheduler": "none",
                   "pretrained": QUICK_INIT, "inits": {QUICK_INIT: {"init_spread": 16.0}}},
         # Section 4.1: Adam, lr 1e-4, n = 30 per class, 64-d embedding. The epoch count and input size of
         # the SGM runs are not given: 150 epochs (the authors' triplet script) and ResNet18 at 112 px.
@@ -233,7 +233,7 @@ class Triplet(MetricEmbedding):
         # (31.8 % test against 32.6 % before training; anchor-positive = anchor-negative distances), while
         # the same trunk and loss on balanced batches learned (45.7 % at 6 epochs).
         "test": {"epochs": 1, "image_size": 24, "sampling": "batch_all", "n_per_class": 8, "eval_batch_size": 64},
-        "quick": {"epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "sampling": "batch_all", "lr": 1e-3,
+        "quick": {"augment": QUICK_AUGMENT, "epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "sampling": "batch_all", "lr": 1e-3,
                   "scheduler": "none", "pretrained": QUICK_INIT},
         # Section 4.1 and the authors' TorchMtc scripts: Adam lr 1e-4, 128 triplets per batch, 150 epochs
         # of 160,000 random triplets, 64-d embedding.

@@ -12,7 +12,7 @@ import fer_bench.models.sgm_backbones  # noqa: F401  (registers fmpnet, cvgg13, 
 from fer_bench import labels as L
 from fer_bench.data import FERDataset
 from fer_bench.evaluation import MetricSpec
-from fer_bench.method import (QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, ParameterError, class_means,
+from fer_bench.method import (QUICK_AUGMENT, QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, ParameterError, class_means,
                               gaussian_logits)
 from fer_bench.registry import register_method
 from fer_bench_methods.sgm import SGM
@@ -49,7 +49,7 @@ class DGMS(SGM):
                  "gmm_covariance": "diag"},
         # Quick: the budget's 10 epochs over 3 levels (3, 4 and 3 epochs), constant lr as SGM's quick.
         # From the face-pretrained trunk, init_spread 16 as SGM's quick profile (the same loss on the same trunk).
-        "quick": {"epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 1e-3, "scheduler": "none", "levels": 3,
+        "quick": {"augment": QUICK_AUGMENT, "epochs": QUICK_EPOCHS, "image_size": 48, "batch_size": QUICK_BATCH, "lr": 1e-3, "scheduler": "none", "levels": 3,
                   "pretrained": QUICK_INIT, "inits": {QUICK_INIT: {"init_spread": 16.0}}},
         # Section 4.2.3: ResNet18, Adam lr 1e-4, batch 640, 500 epochs, L = 5; Mc = 10 from train_mitosis.py.
         # ``epochs`` is the whole fit: 500 = 100 per level x 5 levels.

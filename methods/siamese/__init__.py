@@ -56,7 +56,7 @@ from torch import nn
 
 from fer_bench.data import FERDataset
 from fer_bench.evaluation import MetricSpec
-from fer_bench.method import QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, EmbeddingMethod, Param, ParameterError
+from fer_bench.method import QUICK_AUGMENT, QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, EmbeddingMethod, Param, ParameterError
 from fer_bench.params import log_uniform
 from fer_bench.models import WeightsUnavailable, build_backbone
 from fer_bench.models.pretrained import SYNTHETIC_FACES, load_trunk
@@ -151,7 +151,7 @@ class Siamese(EmbeddingMethod):
         #    (seed 0): Xavier's larger fc4 weights lengthen the plateau by ~150 steps.
         "quick": {"trunk": "small3", "trunk_width": 32, "batchnorm": True, "fc4": 512, "fc5": 128, "image_size": 48,
                   "epochs": QUICK_EPOCHS, "freeze_epochs": 0, "batch_size": QUICK_BATCH, "optimizer": "adam", "lr": 3e-4,
-                  "dropout": 0.0, "scheduler": "none", "augment": "none", "head_init": "torch", "snapshots": 4,
+                  "dropout": 0.0, "scheduler": "none", "augment": QUICK_AUGMENT, "head_init": "torch", "snapshots": 4,
                   "pretrained": QUICK_INIT, "inits": {QUICK_INIT: QUICK_FACES}},
         # Paper: AlexNet conv1-3 from ImageNet, 227 px, fc 1024-256-2, dropout, SGD lr 1e-4 with a step
         # policy (step 5000 iterations; gamma and momentum not given: 0.1 and 0.9 assumed), stage 1
