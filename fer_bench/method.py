@@ -44,6 +44,7 @@ SCHEDULERS = ("none", "exponential", "step", "cosine")
 LR_SPACE = log_uniform(1e-4, 1e-2)
 WEIGHT_DECAY_SPACE = choice(0.0, 1e-5, 1e-4, 1e-3)
 SCHEDULE_SPACE = choice("none", "cosine", "exponential")
+AUGMENT_CHOICES = ("none", "light", "standard")   # the presets of fer_bench.data.augment
 AUGMENT_SPACE = choice("none", "light")
 
 # The quick profile's training budget, stated once and the same for every method (DESIGN.md section 9):
@@ -334,7 +335,7 @@ class TorchMethod(Method):
         "scheduler": Param("none", choices=SCHEDULERS, search=SCHEDULE_SPACE),
         "gamma": Param(0.9, float, low=0.0, high=1.0, closed="right"),
         "step_size": Param(10, int, low=1),
-        "augment": Param("light", choices=("none", "light", "standard"), search=AUGMENT_SPACE),
+        "augment": Param("light", choices=AUGMENT_CHOICES, search=AUGMENT_SPACE),
         "select": Param("last", choices=("last", "best_val"), doc="model selection: last epoch or best validation accuracy"),
         "val_fraction": Param(0.1, float, low=0.0, high=0.5, closed="left",
                               doc="hold-out carved from train when select='best_val' and no val split is given"),

@@ -317,7 +317,8 @@ def main() -> None:
             labels = torch.from_numpy(split_subclasses(z, y_train.numpy(), level_starts[step], seed=args.seed))
             print(f"dgms level {level_starts[step]} at step {step}: {int(labels.max()) + 1} sub-classes", flush=True)
         if args.model in ("sgm", "dgms"):                # n images of every (sub-)class, n = 128 // labels
-            pools = [torch.nonzero(labels == c).flatten() for c in range(int(labels.max()) + 1)]
+            if step == 0 or step in level_starts:
+                pools = [torch.nonzero(labels == c).flatten() for c in range(int(labels.max()) + 1)]
             n = max(2, 128 // len(pools))
             idx = torch.cat([pool[torch.randint(len(pool), (n,), generator=order)] for pool in pools])
         else:

@@ -59,7 +59,7 @@ from torch import nn
 from fer_bench import clustering as PC
 from fer_bench.data import FERDataset
 from fer_bench.evaluation import MetricSpec
-from fer_bench.method import AUGMENT_SPACE, QUICK_AUGMENT, QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, ParameterError, TorchMethod
+from fer_bench.method import AUGMENT_CHOICES, AUGMENT_SPACE, QUICK_AUGMENT, QUICK_BATCH, QUICK_EPOCHS, QUICK_INIT, Param, ParameterError, TorchMethod
 from fer_bench.models.pretrained import SYNTHETIC_FACES, load_trunk, record_of
 from fer_bench.registry import register_method
 from fer_bench_methods.paca.blocks import (ConvStem, LearnedClustering, PaCaViT, PatchToClusterAttention,  # noqa: F401
@@ -94,7 +94,7 @@ class PaCa(TorchMethod):
     params = {
         "backbone": Param("resnet50", str, doc="frozen patch-embedding network (fer_bench.models.BACKBONES)"),
         "image_size": Param(96, int, low=8, high=512),
-        "augment": Param("none", choices=("none", "light", "standard"),
+        "augment": Param("none", choices=AUGMENT_CHOICES,
                          doc="off by default: augmentation moves pixels away from the cached assignments"),
         "patch_size": Param(16, int, low=1, high=512, doc="patch side; image_size / patch_size = grid"),
         "embed_size": Param(None, int, low=8, high=512, none_ok=True,
@@ -311,7 +311,7 @@ class PaCa(TorchMethod):
 # paca_learned and vit cluster nothing: cluster_backend is unused there, and stays at its old default so that
 # their committed cells keep their ids; with no cached assignments they may augment, so a search may try it
 UNUSED_BACKEND = Param("sklearn", choices=CLUSTER_BACKENDS, doc="unused (no per-image clustering)")
-FREE_AUGMENT = Param("none", choices=("none", "light", "standard"), search=AUGMENT_SPACE,
+FREE_AUGMENT = Param("none", choices=AUGMENT_CHOICES, search=AUGMENT_SPACE,
                      doc="no per-image clustering to keep in step with the pixels")
 
 
