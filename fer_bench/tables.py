@@ -388,7 +388,7 @@ def table_settings(table: dict[str, Any], data_root: str | None = None, device: 
                    results_root: str | Path = "results") -> list[tuple[str, Any]]:
     """(setting, CellSpec) of a table: every grid's cells as ``default``; a grid with ``tuned`` adds its
     methods with the best configuration of its finished search (none yet: no tuned cells) as ``tuned``."""
-    from fer_bench.tuning import SUMMARY_FILE, best_params, configured_specs
+    from fer_bench.tuning import SUMMARY_FILE, best_params
 
     out = []
     for grid in _grids(table):
@@ -397,12 +397,17 @@ def table_settings(table: dict[str, Any], data_root: str | None = None, device: 
         if tuned_dir is None or not (tuned_dir / SUMMARY_FILE).is_file():
             continue
         best, context = best_params(tuned_dir), _grid_context(grid, data_root, device)
-        for method in grid["methods"]:
-            if method in best:
-                out += [("tuned", spec) for spec in configured_specs(
-                    method, list(grid.get("datasets", ["synthetic"])), grid.get("profile", "quick"),
-                    list(grid.get("seeds", [0])), best[method], context)]
+        out += [("tuned", spec) for method in grid["methods"] if method in best
+                for spec in _tuned_specs(grid, method, best[method], context)]
     return out
+
+
+def _tuned_specs(grid: dict[str, Any], method: str, params: dict[str, Any], context: dict) -> list:
+    """The cells of ``method`` in a tuned grid at its best ``params``: the grid's datasets, seeds and budget."""
+    from fer_bench.tuning import configured_specs
+
+    return configured_specs(method, list(grid.get("datasets", ["synthetic"])), grid.get("profile", "quick"),
+                            list(grid.get("seeds", [0])), params, context)
 
 
 def _grid_sets(grid: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -540,7 +545,73 @@ def write_paper_tables(benchmark_path: str | Path, results_root: str | Path = "r
             body = layout_markdown(table, frame, long, float(table.get("scale", 100.0)))
             atomic_write_text(csv_path.with_suffix(".md"), title + body + sources + notes)
             written += [csv_path, csv_path.with_suffix(".md")]
+            written += write_search_summary(table, store, out_dir, results_root, data_root, device)
     return written
+
+
+SEARCH_COLUMNS = ["method", "trials", "failed", "best_trial", "search_val", "default_val", "tuned_val", "changed"]
+
+
+def write_search_summary(table: dict[str, Any], store: Store, out_dir: Path, results_root: str | Path,
+                         data_root: str | None, device: str) -> list[Path]:
+    """``<table>_search.{csv,md}`` for a table with tuned grids: what each method's search found (``search_frame``)."""
+    from fer_bench.tuning import SUMMARY_FILE
+
+    frames = [search_frame(grid, Path(results_root) / grid["tuned"]["dir"], store, data_root, device)
+              for grid in _grids(table) if "tuned" in grid
+              and (Path(results_root) / grid["tuned"]["dir"] / SUMMARY_FILE).is_file()]
+    if not frames:
+        return []
+    frame = pd.concat(frames, ignore_index=True)
+    csv_path = out_dir / f"{table['name']}_search.csv"
+    atomic_write_text(csv_path, frame.to_csv(index=False, float_format="%.4f"))
+    shown = frame.assign(**{c: frame[c].map(lambda v: "-" if pd.isna(v) else f"{100 * v:.2f}")
+                            for c in ("search_val", "default_val", "tuned_val")})
+    text = (f"## {table.get('title', table['name'])}: the searches\n\n"
+            "Per method: finished and failed trials, the best trial and its validation accuracy at the search's "
+            "budget (seed 0), the validation accuracy of the default and the tuned configuration at the table's "
+            "budget (mean over its seeds), and the parameters the search changed (default -> tuned; the others "
+            "stayed at their defaults). Validation only: the test split chose nothing.\n\n"
+            + tabulate(shown[SEARCH_COLUMNS].values.tolist(), headers=SEARCH_COLUMNS, tablefmt="github") + "\n")
+    atomic_write_text(csv_path.with_suffix(".md"), text)
+    return [csv_path, csv_path.with_suffix(".md")]
+
+
+def search_frame(grid: dict[str, Any], search_dir: Path, store: Store, data_root: str | None,
+                 device: str) -> pd.DataFrame:
+    """One row per method of a tuned grid (``SEARCH_COLUMNS``): its trials (finished, failed), the best trial and
+    its validation score at the search's budget, the mean validation score of its default and tuned cells at the
+    grid's budget (NaN until they ran) and the searched parameters the best trial changed, ``name: default ->
+    tuned``."""
+    from fer_bench.tuning import SCORE, SUMMARY_FILE
+
+    record = json.loads((search_dir / SUMMARY_FILE).read_text())
+    context, defaults = _grid_context(grid, data_root, device), _grid_specs(grid, data_root, device)
+    rows = []
+    for method in (m for m in grid["methods"] if m in record["methods"]):
+        entry = record["methods"][method]
+        mine = [s for s in defaults if s.method == method]
+        tuned = _tuned_specs(grid, method, entry["best_params"], context)
+        params = mine[0].params if mine else {}                  # the resolved defaults of the grid's profile
+        states = [t["state"] for t in entry["trials"]]
+        changed = [f"{k}: {_param_text(params.get(k))} -> {_param_text(v)}"
+                   for k, v in sorted(entry["best_params"].items()) if _param_text(params.get(k)) != _param_text(v)]
+        rows.append({"method": method, "trials": states.count("COMPLETE"), "failed": states.count("FAIL"),
+                     "best_trial": entry["best_trial"], "search_val": entry["best_value"],
+                     "default_val": _mean_score(store, mine, SCORE), "tuned_val": _mean_score(store, tuned, SCORE),
+                     "changed": "; ".join(changed) or "(none)"})
+    return pd.DataFrame(rows, columns=SEARCH_COLUMNS)
+
+
+def _mean_score(store: Store, specs: list, metric: str) -> float:
+    values = [store.metrics(s.cell_id).get(metric) for s in specs if store.status(s.cell_id) == "done"]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _param_text(value: Any) -> str:
+    """A parameter value as the summary prints it: floats to 3 significant digits."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _sources_line(frame: pd.DataFrame) -> str:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from fer_bench.params import ParameterError
@@ -156,6 +157,14 @@ def test_a_benchmark_table_shows_default_against_tuned_and_regenerates_without_r
     assert "default" in header and "tuned" in header, table
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
     assert rows["baseline"].count("(n=2)") == 2 and rows["majority"].count("(n=2)") == 1   # majority: nothing to tune
+    search = pd.read_csv(results / "tuned-demo" / "accuracy_search.csv")
+    assert list(search["method"]) == ["baseline"] and search.loc[0, "trials"] == 2 and search.loc[0, "failed"] == 0
+    best = record["methods"]["baseline"]
+    assert search.loc[0, "best_trial"] == best["best_trial"] and search.loc[0, "search_val"] == pytest.approx(
+        best["best_value"], abs=1e-4)
+    assert 0 <= search.loc[0, "default_val"] <= 1 and 0 <= search.loc[0, "tuned_val"] <= 1   # both settings ran
+    default_lr = get_method("baseline").resolve_params("test")["lr"]
+    assert f"lr: {default_lr:.3g} -> {best['best_params']['lr']:.3g}" in search.loc[0, "changed"]
     before = {p: p.read_bytes() for p in (results / "tuned-demo").glob("*.*")}
     write_paper_tables(bench, results, run=False)
     assert {p: p.read_bytes() for p in (results / "tuned-demo").glob("*.*")} == before
