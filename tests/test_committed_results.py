@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fer_bench.tables import load_benchmark, write_paper_tables
+from fer_bench.tables import load_benchmark, tuned_grids, write_paper_tables
+from fer_bench.tuning import SUMMARY_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.yaml"))
@@ -20,6 +21,9 @@ def test_committed_tables_regenerate_from_the_committed_store(bench_file, tmp_pa
         pytest.skip(f"no committed store for {name}")
     (tmp_path / name / "run").mkdir(parents=True)
     shutil.copyfile(store, tmp_path / name / "run" / "results.sqlite")
+    for _, search_dir in tuned_grids(load_benchmark(bench_file), ROOT / "results"):   # a tuned table's best configs
+        (tmp_path / search_dir.relative_to(ROOT / "results")).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(search_dir / SUMMARY_FILE, tmp_path / search_dir.relative_to(ROOT / "results") / SUMMARY_FILE)
     written = write_paper_tables(bench_file, tmp_path, run=False)
     tables = [p for p in written if p.parent == tmp_path / name]
     assert tables
