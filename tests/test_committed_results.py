@@ -22,8 +22,9 @@ def test_committed_tables_regenerate_from_the_committed_store(bench_file, tmp_pa
     (tmp_path / name / "run").mkdir(parents=True)
     shutil.copyfile(store, tmp_path / name / "run" / "results.sqlite")
     for _, search_dir in tuned_grids(load_benchmark(bench_file), ROOT / "results"):   # a tuned table's best configs
-        (tmp_path / search_dir.relative_to(ROOT / "results")).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(search_dir / SUMMARY_FILE, tmp_path / search_dir.relative_to(ROOT / "results") / SUMMARY_FILE)
+        copy = tmp_path / search_dir.relative_to(ROOT / "results")
+        copy.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(search_dir / SUMMARY_FILE, copy / SUMMARY_FILE)
     written = write_paper_tables(bench_file, tmp_path, run=False)
     tables = [p for p in written if p.parent == tmp_path / name]
     assert tables
