@@ -464,7 +464,7 @@ def run_tuned_searches(spec: dict[str, Any], results_root: Path, executor: Any, 
              [list(grid.get("seeds", [0]))[0]], search_dir, executor, spaces,
              int(tuned.get("sampler_seed", 0)), _grid_context(grid, data_root, device, tuned.get("budget")),
              on_event=on_event, parallel=int(tuned.get("parallel_trials", 1)),
-             startup_trials=int(tuned.get("startup_trials", STARTUP_TRIALS)))
+             startup_trials=int(tuned.get("startup_trials", STARTUP_TRIALS)), need_artifacts=False)
 
 
 def _noise_matrix(value: Any) -> dict | None:

@@ -120,11 +120,13 @@ def best_params(run_dir: Path) -> dict[str, dict[str, Any]]:
 def tune(methods: list[str], dataset: str, trials: int, profile: str, seeds: list[int], run_dir: Path,
          executor: Any, spaces: dict[str, dict[str, Space]], sampler_seed: int = 0,
          grid: dict | None = None, on_event: Callable | None = None, parallel: int = 1,
-         startup_trials: int = STARTUP_TRIALS) -> dict[str, Any]:
+         startup_trials: int = STARTUP_TRIALS, need_artifacts: bool = True) -> dict[str, Any]:
     """Tune each method with ``trials`` trials over ``spaces[method]`` (``search_space``: checked by the caller
     before any work), then train its best configuration on ``seeds``; returns (and
     writes to ``<run_dir>/tuning.json``) per method the space, the best parameters and value and the history.
-    The first ``startup_trials`` trials of a method are drawn at random (TPE's start-up), the rest by TPE."""
+    The first ``startup_trials`` trials of a method are drawn at random (TPE's start-up), the rest by TPE.
+    ``need_artifacts``: as in ``run_grid`` for the tuned cells (a benchmark table reads their metrics only, so a
+    checkout that holds the store but not the per-cell artifacts does not train them again)."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -175,7 +177,8 @@ def tune(methods: list[str], dataset: str, trials: int, profile: str, seeds: lis
                            "tuned_cells": [s.cell_id for s in tuned],
                            "trials": [{"number": t.number, "state": t.state.name, "value": t.value,
                                        "params": t.params} for t in study.trials]}
-    run_grid(final, run_dir, executor, on_event=on_event, reuse=[trial_dir])   # the trial's own seed: imported
+    run_grid(final, run_dir, executor, on_event=on_event, reuse=[trial_dir],   # the trial's own seed: imported
+             need_artifacts=need_artifacts)
     noise = {k: grid[k] for k in ("label_noise", "noise_kind") if grid.get("label_noise")}
     text = json.dumps({"dataset": dataset, **noise, "profile": profile, "trials": trials, "sampler": "TPE",
                        "sampler_seed": sampler_seed, "startup_trials": startup_trials, "parallel_trials": parallel,

@@ -1,6 +1,7 @@
 """Equal-effort tuning (issue #22): declared spaces, bad input before any trial, resume after kill -9, and the
 same best configuration from the same sampler seed."""
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -168,6 +169,11 @@ def test_a_benchmark_table_shows_default_against_tuned_and_regenerates_without_r
     before = {p: p.read_bytes() for p in (results / "tuned-demo").glob("*.*")}
     write_paper_tables(bench, results, run=False)
     assert {p: p.read_bytes() for p in (results / "tuned-demo").glob("*.*")} == before
+    for cells in (results / "tuned-demo").rglob("cells"):      # a checkout: stores committed, per-cell artifacts not
+        shutil.rmtree(cells)
+    events = []
+    write_paper_tables(bench, results, run=True, device="cpu", on_event=lambda what, spec, result: events.append(what))
+    assert events and not [e for e in events if not e.startswith("skip")], events   # nothing trained again
 
 
 def test_a_tuned_grid_must_keep_default_and_tuned_apart(tmp_path):
