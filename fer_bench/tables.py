@@ -354,8 +354,8 @@ def _check_tuned(grid: dict[str, Any], table: dict[str, Any], filename: str) -> 
                          f"into one grid per rate, each with its own 'dir'.")
     rows = table.get("rows", ["method", "dataset"])
     if SETTING not in ([rows] if isinstance(rows, str) else rows):
-        raise ValueError(f"{where}: add '{SETTING}' to the table's rows (or layout columns), so default and tuned "
-                         f"cells are not averaged together.")
+        raise ValueError(f"{where}: add '{SETTING}' to the table's rows (and, to show default and tuned side by "
+                         f"side, 'layout: {{columns: {SETTING}}}'), so default and tuned cells are not averaged together.")
 
 
 def _check_table_metrics(table: dict[str, Any], filename: str) -> None:
