@@ -318,8 +318,8 @@ def _torch_kmeans_all(emb: np.ndarray, s: ClusterSettings, device: str, chunk: i
 
     Grams are built ``block`` images at a time (float32, N x P x P: 85 MB per 16,384 images of 36 patches), so the
     memory stays bounded at any N; every image draws the same seeds (``kmeans_draws``), so the labels do not depend
-    on ``chunk`` or ``block``. On the CPU, ``torch.get_num_threads()`` threads share the Gram products and the
-    k-means steps run on one (``one_torch_thread``).
+    on ``chunk`` or ``block``. On the CPU, ``torch.get_num_threads()`` Python threads share the Gram products, then
+    the k-means steps (each thread a part of the images, torch at one intra-op thread: ``one_torch_thread``).
     """
     import torch
     n, p, d = emb.shape
@@ -332,7 +332,8 @@ def _torch_kmeans_all(emb: np.ndarray, s: ClusterSettings, device: str, chunk: i
             t0 = time.perf_counter()
             gram = patch_grams(emb[a:a + block], chunk=chunk or GRAM_CHUNK, device=device, threads=threads)
             t_gram += time.perf_counter() - t0                                     # (b, P, P) above
-            labels, _, _ = gram_kmeans(gram, s.k, n_features=d, n_init=s.kmeans_n_init, seed=s.seed)
+            labels, _, _ = gram_kmeans(gram, s.k, n_features=d, n_init=s.kmeans_n_init, seed=s.seed,
+                                       threads=threads if on_cpu else 1)
             out[a:a + len(gram)] = labels.cpu().numpy()
     return out, {"gram_seconds": t_gram}
 

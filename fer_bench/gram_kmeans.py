@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import torch
 
 
+MIN_PROBLEMS_PER_THREAD = 64    # gram_kmeans(threads=...) gives a thread no fewer problems than this
 GRAM_CHUNK = 32     # images per float16 -> float32 conversion and X X^T (a (32, 36, 2048) buffer, 9 MB, stays in cache)
 
 
@@ -84,15 +85,17 @@ def _gram_span(emb, out: "torch.Tensor", span: tuple[int, int], chunk: int, scra
         scratch.staging = None
     x = scratch.buf[:b - a]
     part = emb[a:b]
-    if isinstance(part, torch.Tensor):
-        x.copy_(part)
+    if isinstance(part, torch.Tensor) or np.asarray(part).dtype == np.float64:
+        x.copy_(torch.as_tensor(part))
+        h = x
     else:
         part = np.asarray(part)
         if scratch.staging is None or scratch.staging.dtype != part.dtype:
             scratch.staging = np.empty((chunk, p, d), dtype=part.dtype)
         np.copyto(scratch.staging[:b - a], part)        # same dtype: a plain copy out of the (read-only) memmap
-        x.copy_(torch.from_numpy(scratch.staging[:b - a]))   # torch's vectorised float16 -> float32 conversion
-    x -= x.mean(1, keepdim=True)                                                    # (c, P, D) centred
+        h = torch.from_numpy(scratch.staging[:b - a])
+    # (c, P, D) centred, converted to float32 in the same pass (the same numbers as converting first)
+    torch.sub(h, h.mean(1, keepdim=True, dtype=torch.float32), out=x)
     if x.device.type == "cpu":
         xn = x.numpy()
         np.matmul(xn, xn.transpose(0, 2, 1), out=out[a:b].numpy())                 # (c, P, P)
@@ -273,14 +276,26 @@ def _same_partition(a: "torch.Tensor", b: "torch.Tensor", k: int) -> "torch.Tens
 
 
 def gram_kmeans(gram: "torch.Tensor", k: int, n_features: int, n_init: int = 1, max_iter: int = 300,
-                tol: float = 1e-4, seed: int = 0) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+                tol: float = 1e-4, seed: int = 0, threads: int = 1
+                ) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
     """scikit-learn's KMeans (lloyd, k-means++) on B problems given by their centred Gram matrices, all at once.
 
     gram (B, P, P) of data centred per problem (``patch_grams``), ``n_features`` = D (the tolerance is relative to
     the mean per-feature variance, trace(G) / (P D)) -> labels (B, P) int64, weights (B, k, P) with centre
     c_j = weights_j @ X, inertia (B,). Same seeds for every problem (``kmeans_draws(seed, ...)``).
+    ``threads`` > 1 (CPU): the problems are split into that many contiguous parts, each clustered by a Python
+    thread (torch releases the GIL; call it inside ``one_torch_thread``); the problems are independent, so the
+    result does not depend on ``threads``.
     """
     import torch
+    parts = max(1, min(int(threads), len(gram) // MIN_PROBLEMS_PER_THREAD))
+    if parts > 1 and gram.device.type == "cpu":
+        bounds = np.linspace(0, len(gram), parts + 1).astype(int)
+        one = functools.partial(gram_kmeans, k=k, n_features=n_features, n_init=n_init, max_iter=max_iter,
+                                tol=tol, seed=seed)
+        with ThreadPoolExecutor(parts) as pool:
+            results = list(pool.map(one, [gram[a:b] for a, b in zip(bounds[:-1], bounds[1:])]))
+        return tuple(torch.cat(r) for r in zip(*results))
     gram = gram.float()
     p = gram.shape[1]
     if k > p:

@@ -1,4 +1,6 @@
 """Per-image patch clustering (fer_bench/clustering.py): backends, HDBSCAN mapping, spectral health, caches."""
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -106,6 +108,9 @@ def test_batched_kmeans_is_deterministic_and_independent_of_batching():
     assert not torch.equal(first, other)                                 # the seed is used
     one = PC.patch_grams(x, chunk=7, threads=1)
     assert torch.equal(one, PC.patch_grams(x, chunk=7, threads=3))          # the same products, split over threads
+    with mock.patch.object(GK, "MIN_PROBLEMS_PER_THREAD", 5):               # 24 problems: parts of 8, 8, 8
+        split = GK.gram_kmeans(one, 4, n_features=32, seed=11, threads=3)
+    assert all(torch.equal(s, t) for s, t in zip(split, GK.gram_kmeans(one, 4, n_features=32, seed=11)))
     settings = PC.ClusterSettings("kmeans", 4, seed=11)
     a, _ = PC.cluster_patches(x, settings, backend="torch", chunk=5)
     b, _ = PC.cluster_patches(x, settings, backend="torch", chunk=64)
