@@ -41,9 +41,31 @@ most of it these runs), best of 3, every run 100 % identical labels and objectiv
 | 5,000 | 2 | 1.122 | 0.067 (0.052) | 16.7x |
 
 Before (issue #23, the old batched torch k-means on the raw 2048-d points, and a cold first scikit-learn call):
-4.3 ms against 2.0 ms per image, 0.46x. The 20x target is missed: the Gram products (5.3 MFLOP per image) are
-~80 % of the batched time and run near this CPU's measured matrix-product rate; the other methods per image
-against the batched k-means (200 images): agglomerative 9x, GMM 19x, HDBSCAN 33x, spectral 95x its cost.
+4.3 ms against 2.0 ms per image, 0.46x. The Gram products (5.3 MFLOP per image) are ~80 % of the batched time
+and run near this CPU's measured matrix-product rate; the other methods per image against the batched k-means
+(200 images): agglomerative 9x, GMM 19x, HDBSCAN 33x, spectral 95x its cost.
+
+Measured 2026-12-05 08:51-09:00 UTC on a 2-core AMD EPYC VM (nothing else running; load average 1.1-1.6, the
+benchmark's own two threads), ``--threads 2``, best of 3 per run, the code before (commit c583f72) and after
+"k-means steps split over the Gram threads" run alternately; every run 100 % identical labels:
+
+| images | code | sklearn ms/image | batched ms/image (Gram products) | batched / sklearn speed |
+|---|---|---|---|---|
+| 5,000 | before | 2.431 / 2.357 / 2.575 | 0.092 (0.078) / 0.093 (0.077) / 0.106 (0.089) | 26.3x / 25.4x / 24.2x |
+| 5,000 | after | 2.425 / 2.363 | 0.081 (0.073) / 0.090 (0.082) | 30.0x / 26.1x |
+| 200 | before | 2.245 / 2.418 / 2.451 | 0.114 (0.089) / 0.166 (0.139) / 0.124 (0.097) | 19.7x / 14.6x / 19.7x |
+| 200 | after (same path) | 2.364 / 2.475 | 0.128 (0.102) / 0.139 (0.111) | 18.5x / 17.8x |
+
+This VM ran scikit-learn's per-image KMeans at 2.2-2.6 ms/image against 1.1 on 12-04's, and the products 1.1-1.3x
+slower, so the ratio of the unchanged code rose from 16.7x to 24-26x: the ratio is a property of the machine as
+much as of the code. What the change itself bought: the k-means steps (seeding and Lloyd, B x 36 x 36) fell from
+~0.015 to ~0.008 ms/image at 5,000 images on two threads; below 2 x 1,024 images they stay on one thread (at 200
+images, split in two, they took 0.057 against 0.025 ms/image on one: 4 ms of small operations in all, where two
+threads contend for the GIL; 1,024 is a round number between the sizes measured, not tuned). At 200 images the ratio is 15-20x: the products
+alone are 0.09-0.14 ms/image there (one 26 ms call, two threads not reliably faster on this VM), so 20x needs
+sklearn at >= 2.8 ms/image. Tried and dropped: converting float16 -> float32 and centring in one
+``torch.sub(float16, float32 mean, out=)`` (same numbers, Gram step 1.5x slower: mixed-dtype arithmetic is not
+vectorised), and OpenBLAS ``ssyrk`` (half the FLOPs, one call per image: 1.7x slower at 2 threads).
 """
 from __future__ import annotations
 
