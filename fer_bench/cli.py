@@ -134,9 +134,10 @@ def make_executor(ctx: click.Context, executor: str, plugins: tuple[str, ...], j
                             artifacts=ray["ray_artifacts"], plugins=plugins)
 
 
-def interrupted(run_dir: Path) -> None:
-    click.echo(f"fer-bench: interrupted; finished cells are in {run_dir / 'results.sqlite'}: rerun the same "
-               f"command to resume the rest.", err=True)
+def interrupted(*run_dirs: Path) -> None:
+    stores = " and ".join(str(d / "results.sqlite") for d in run_dirs)
+    click.echo(f"fer-bench: interrupted; finished cells are in {stores}: rerun the same command to resume the "
+               f"rest.", err=True)
     sys.exit(130)
 
 
@@ -261,7 +262,7 @@ def tune(ctx: click.Context, methods: str, dataset: str, data_root: str | None, 
     from fer_bench.runner import check_run_dir, expand_grid, parse_budget
     from fer_bench.tables import write_run_outputs
     from fer_bench.tuning import STARTUP_TRIALS, parse_space_options, search_space
-    from fer_bench.tuning import tune as run_tuning
+    from fer_bench.tuning import TRIALS_DIR, tune as run_tuning
 
     _load_plugins(plugins)
     method_names = _split_list(methods, str, "methods")
@@ -296,7 +297,7 @@ def tune(ctx: click.Context, methods: str, dataset: str, data_root: str | None, 
                              runner, resolved, sampler_seed, grid, report, parallel_trials,
                              STARTUP_TRIALS if startup_trials is None else startup_trials)
     except KeyboardInterrupt:
-        interrupted(run_dir)
+        interrupted(run_dir, run_dir / TRIALS_DIR)
     for name, record in summary.items():
         click.echo(f"{name}: best validation {record['best_value']:.4f} (trial {record['best_trial']}) with "
                    + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -378,7 +379,11 @@ def tables(ctx: click.Context, benchmark: str, no_run: bool, results: str, data_
         written = write_paper_tables(benchmark, results, run=not no_run, data_root=data_root, device=device,
                                      on_event=report, executor=runner, reuse=reuse_dirs)
     except KeyboardInterrupt:
-        interrupted(Path(results) / load_benchmark(benchmark)["name"] / "run")
+        from fer_bench.tables import tuned_grids
+        from fer_bench.tuning import TRIALS_DIR
+        spec = load_benchmark(benchmark)
+        interrupted(Path(results) / spec["name"] / "run",             # and the searches' trials, if any
+                    *(search / TRIALS_DIR for _, search in tuned_grids(spec, results)))
     for path in written:
         click.echo(f"wrote {path}")
     from fer_bench.report import write_report

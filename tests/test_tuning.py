@@ -94,6 +94,15 @@ def test_killed_tuning_resumes_without_rerunning_finished_trials_and_a_rerun_fin
     assert resumed["best_params"] == a["best_params"]
 
 
+def test_an_interrupted_search_names_its_trials_store_beside_the_run_store(tmp_path, capsys):
+    from fer_bench.cli import interrupted
+
+    with pytest.raises(SystemExit) as stop:
+        interrupted(tmp_path / "run", tmp_path / "tune" / "trials")
+    err = capsys.readouterr().err
+    assert stop.value.code == 130 and err.count("results.sqlite") == 2 and str(tmp_path / "tune" / "trials") in err
+
+
 def test_an_unknown_space_kind_is_refused_in_python_too():
     with pytest.raises(ParameterError, match="is not one of log:LOW:HIGH"):
         search_space("baseline", {"lr": "exp:1:2"})
