@@ -64,6 +64,16 @@ def test_kmeans_plusplus_seeds_are_scikit_learns(k):
     assert np.mean(same) >= 0.95
 
 
+def test_patch_grams_are_the_gram_matrices_of_the_mean_centred_patches():
+    # shifted by the first patch, multiplied in float32, then double-centred: the float64 Gram of x - mean patch, to
+    # float32 rounding at the scale of the centred data even under a common component 10x the spread
+    x = random_problems(6, 36, 64, seed=1, offset=10.0)
+    centred = x.astype(np.float64) - x.astype(np.float64).mean(1, keepdims=True)
+    ref = centred @ centred.transpose(0, 2, 1)
+    ours = PC.patch_grams(torch.from_numpy(x)).double().numpy()
+    assert np.abs(ours - ref).max() < 1e-5 * np.abs(ref).max()
+
+
 @pytest.mark.parametrize("n_init", [1, 3])
 def test_batched_kmeans_objective_and_labels_match_sklearn_on_random_problems(n_init):
     x = np.concatenate([random_problems(30, 36, 64, seed=n_init), random_problems(30, 36, 64, seed=9, offset=10.0)])
