@@ -66,6 +66,26 @@ alone are 0.09-0.14 ms/image there (one 26 ms call, two threads not reliably fas
 sklearn at >= 2.8 ms/image. Tried and dropped: converting float16 -> float32 and centring in one
 ``torch.sub(float16, float32 mean, out=)`` (same numbers, Gram step 1.5x slower: mixed-dtype arithmetic is not
 vectorised), and OpenBLAS ``ssyrk`` (half the FLOPs, one call per image: 1.7x slower at 2 threads).
+
+Measured 2026-12-05 13:21-13:22 UTC on the same VM with every other job paused (SIGSTOP), ``--methods kmeans
+--repeats 5``, 200 images, the code before (commit 6237733) and after "shift each image by its first patch, then
+double-centre its P x P Gram" (one pass over the (c, P, D) chunk less than the mean-centring) run alternately;
+every run 100 % identical labels to scikit-learn:
+
+| torch threads | code | sklearn ms/image | batched ms/image (Gram products) | batched / sklearn speed |
+|---|---|---|---|---|
+| 1 | before | 2.267 / 2.302 | 0.136 (0.112) / 0.144 (0.119) | 16.7x / 16.0x |
+| 1 | after | 2.343 / 2.378 | 0.125 (0.101) / 0.130 (0.105) | 18.8x / 18.3x |
+| 2 | before | 2.227 / 2.365 | 0.111 (0.086) / 0.126 (0.100) | 20.0x / 18.8x |
+| 2 | after | 2.591 / 2.319 | 0.107 (0.081) / 0.111 (0.085) | 24.2x / 20.8x |
+
+Where one thread's time goes at 200 images (a chunk of 32 images, each stage alone, warm): the copy out of the
+float16 memmap 0.006 ms/image, the float16 -> float32 conversion 0.009, the mean 0.011 (the pass this change
+removed), the subtraction 0.007 and the products 0.063, at 84 GFLOP/s against 96 for one 2048^3 SGEMM on this
+core. The products are at the machine's rate and every other stage is one memory pass, so on one thread the
+batched k-means stays near 0.12 ms/image; 20x on one thread needs scikit-learn at >= 2.5 ms/image, which this VM
+is on some runs and not others (1.1 on 12-04's VM). numpy's own float16 conversion (``np.copyto`` into float32)
+was 2.2x slower than torch's.
 """
 from __future__ import annotations
 
