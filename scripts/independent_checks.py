@@ -13,6 +13,7 @@ trainer, samplers, heads and classifiers, on the same embedded dataset and the s
     python scripts/independent_checks.py paca_static --trunk-weights synthetic-faces   # static cluster tokens
     python scripts/independent_checks.py siamese --trunk-weights synthetic-faces --lr 1.25e-3 --margin 0.29 \
         --weight-decay 1e-3 --freeze-epochs 2                    # the quick profile's values from that trunk
+    python scripts/independent_checks.py siamese ... --label-noise 0.3   # 30 % symmetric noise on training labels
 
 Only the data comes from fer-bench (``load_dataset``), for ``sgm`` and ``dgms`` the registry's ``smallcnn``
 trunk (with a linear 64-d head written here; ``dgms`` splits classes with scikit-learn's ``GaussianMixture``
@@ -45,6 +46,16 @@ def prepare(images: np.ndarray, size: int) -> torch.Tensor:
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return (x.round().clamp(0, 255) / 255.0 - MEAN) / STD
+
+
+def symmetric_noise(y: torch.Tensor, classes: int, rate: float, seed: int) -> torch.Tensor:
+    """round(rate * N) labels, chosen at random, each replaced by one of the other classes drawn uniformly."""
+    rng = np.random.default_rng([seed, 17])
+    out = y.numpy().copy()
+    flip = rng.choice(len(out), size=round(rate * len(out)), replace=False)
+    out[flip] = (out[flip] + rng.integers(1, classes, size=len(flip))) % classes      # never the true class
+    print(f"label noise: {len(flip)} of {len(out)} training labels replaced", flush=True)
+    return torch.from_numpy(out).long()
 
 
 def scores(y: torch.Tensor, pred: torch.Tensor) -> tuple[float, float]:
@@ -249,6 +260,9 @@ def main() -> None:
     ap.add_argument("--init-spread", type=float, default=None,
                     help="sgm, dgms: rescale the linear head so that the mean d^2 / (2 sigma^2) over pairs of 512 "
                          "training embeddings is this at the start (default: PyTorch's init)")
+    ap.add_argument("--label-noise", type=float, default=0.0,
+                    help="replace this fraction of the training labels by a uniformly drawn other class (drawn "
+                         "here with numpy, seed --seed; test labels stay clean)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from fer_bench.data import load_dataset
@@ -257,6 +271,8 @@ def main() -> None:
     x_train, y_train = prepare(train.images, size), torch.from_numpy(train.labels).long()
     x_test, y_test = prepare(test.images, size), torch.from_numpy(test.labels).long()
     classes = len(train.classes)
+    if args.label_noise:
+        y_train = symmetric_noise(y_train, classes, args.label_noise, args.seed)
     torch.manual_seed(args.seed)
     if args.model == "paca_static":
         c_train, c_test = static_cluster_tokens(x_train), static_cluster_tokens(x_test)
