@@ -10,7 +10,7 @@ budget, its first seed, scored by its final validation accuracy (``final_val_acc
 read for selection). The driver holds each study (SQLite storage ``<run>/trials/tuning.sqlite``: a killed tuning
 resumes, finished trials are not rerun, a trial asked but not told is looked up in the store or run again; the
 sampler is reseeded from the trial's index before each ask, so a resumed search proposes exactly what an
-uninterrupted one would) and
+uninterrupted one would, even when the kill fell inside an ask and left a trial with part of its parameters) and
 asks as many trials at a time as the executor runs cells at once, so ``--executor ray`` spreads trials over a
 cluster with the same ask / tell loop. A failed trial (NaN loss, out of memory) is told as failed and the search
 goes on. Then the best configuration of each method is trained on the run's seeds and tested (cells of the run's
@@ -117,6 +117,35 @@ def best_params(run_dir: Path) -> dict[str, dict[str, Any]]:
     return {method: entry["best_params"] for method, entry in json.loads(path.read_text())["methods"].items()}
 
 
+def _sampler(sampler_seed: int, number: int, startup_trials: int) -> Any:
+    """The sampler that proposes trial ``number``, reseeded from the trial's index: a proposal depends on the
+    history alone, not on how many times the process restarted (a resumed search proposes what an uninterrupted
+    one would)."""
+    import optuna
+    return optuna.samplers.TPESampler(seed=sampler_seed * 1_000_003 + number, n_startup_trials=startup_trials)
+
+
+def _finish_interrupted_ask(study: Any, storage: Any, trial: Any, distributions: dict, sampler: Any) -> None:
+    """Give ``trial`` (left RUNNING by a kill inside ``study.ask``, with only some of its parameters stored) the
+    parameters the uninterrupted ask would have drawn, by replaying that ask with the same reseeded sampler: the
+    joint (multivariate TPE) draw, then the independent draws in order (TPE's random start-up), drawing and
+    discarding the values already stored since each draw moves the sampler's random stream; the missing values
+    are stored."""
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), trial.number)
+    sampler.before_trial(study, trial)
+    joint = sampler.sample_relative(study, trial, sampler.infer_relative_search_space(study, trial))
+    for name, distribution in distributions.items():
+        if name in joint:
+            value = joint[name]
+        elif distribution.single():                                 # no draw: its one value
+            value = distribution.choices[0] if hasattr(distribution, "choices") else distribution.low
+        else:
+            value = sampler.sample_independent(study, trial, name, distribution)
+        if name not in trial.params:
+            storage.set_trial_param(trial_id, name, distribution.to_internal_repr(value), distribution)
+
+
 def tune(methods: list[str], dataset: str, trials: int, profile: str, seeds: list[int], run_dir: Path,
          executor: Any, spaces: dict[str, dict[str, Space]], sampler_seed: int = 0,
          grid: dict | None = None, on_event: Callable | None = None, parallel: int = 1,
@@ -150,13 +179,15 @@ def tune(methods: list[str], dataset: str, trials: int, profile: str, seeds: lis
             done = [t for t in study.trials if t.state.is_finished()]
             if len(done) >= trials:
                 break
-            waiting = [t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]  # a killed run's
+            waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]  # a killed run's
+            for trial in waiting:
+                if set(trial.params) != set(distributions):
+                    _finish_interrupted_ask(study, storage, trial, distributions,
+                                            _sampler(sampler_seed, trial.number, startup_trials))
+            waiting = [t.number for t in waiting]
             fresh = []
             for _ in range(max(0, min(parallel, trials - len(done)) - len(waiting))):
-                # reseeded from the trial's index: a proposal depends on the history alone, not on how many
-                # times the process restarted (a resumed search proposes what an uninterrupted one would)
-                study.sampler = optuna.samplers.TPESampler(seed=sampler_seed * 1_000_003 + len(study.trials),
-                                                           n_startup_trials=startup_trials)
+                study.sampler = _sampler(sampler_seed, len(study.trials), startup_trials)
                 fresh.append(study.ask(distributions).number)
             batch = {n: _trial_spec(method, dataset, profile, seeds[0], study.trials[n].params, grid)
                      for n in waiting + fresh}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from inprocess import fer_bench_in_process
 
 from fer_bench.params import ParameterError
 from fer_bench.registry import METHODS, get_method
@@ -51,7 +52,7 @@ def test_every_torch_method_searches_the_shared_training_loop_space():
 ])
 def test_bad_spaces_are_one_line_usage_errors_before_any_trial(space, message, tmp_path):
     out = tmp_path / "tune"
-    proc = cli(*TUNE, "--space", space, "--out", str(out), check=False)
+    proc = fer_bench_in_process(*TUNE, "--space", space, "--out", str(out))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
     assert not (out / "trials").exists()
 
@@ -84,14 +85,61 @@ def test_killed_tuning_resumes_without_rerunning_finished_trials_and_a_rerun_fin
     resumed = json.loads((out / "tuning.json").read_text())["methods"]["baseline"]
     assert [t["state"] for t in resumed["trials"]] == ["COMPLETE"] * 3 and len(after) == 3
 
-    fresh = [tmp_path / "a", tmp_path / "b"]
-    for run in fresh:
-        cli(*TUNE, "--set", "baseline.epochs=4", "--out", str(run))
-    a, b = (json.loads((run / "tuning.json").read_text())["methods"]["baseline"] for run in fresh)
-    assert a["best_params"] == b["best_params"] and a["best_value"] == b["best_value"]
-    assert [t["params"] for t in a["trials"]] == [t["params"] for t in b["trials"]]
-    assert [t["params"] for t in resumed["trials"]] == [t["params"] for t in a["trials"]]  # as if never killed
-    assert resumed["best_params"] == a["best_params"]
+    # a rerun from scratch with the same seed: the same proposals, scores and best as the killed-then-resumed one
+    cli(*TUNE, "--set", "baseline.epochs=4", "--out", str(tmp_path / "again"))
+    again = json.loads((tmp_path / "again" / "tuning.json").read_text())["methods"]["baseline"]
+    assert [t["params"] for t in resumed["trials"]] == [t["params"] for t in again["trials"]]  # as if never killed
+    assert [t["value"] for t in resumed["trials"]] == [t["value"] for t in again["trials"]]
+    assert resumed["best_params"] == again["best_params"] and resumed["best_value"] == again["best_value"]
+
+
+class _KilledInsideAsk(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stored_before_kill", [0, 1, 3])
+@pytest.mark.parametrize("startup_trials", [10, 2])          # random start-up draws, and TPE's own
+def test_a_trial_left_half_asked_by_a_kill_gets_the_parameters_the_uninterrupted_ask_drew(
+        tmp_path, monkeypatch, stored_before_kill, startup_trials):
+    import optuna
+
+    from fer_bench.tuning import _finish_interrupted_ask, _sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    distributions = {name: space.distribution() for name, space in search_space("triplet").items()}
+    assert len(distributions) > stored_before_kill
+
+    def study_with_history(name):
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / name}.sqlite")
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        for number in range(3):
+            study.sampler = _sampler(7, number, startup_trials)
+            study.tell(study.ask(distributions), 0.1 * number)
+        study.sampler = _sampler(7, 3, startup_trials)
+        return study, storage
+
+    uninterrupted, _ = study_with_history("a")
+    expected = uninterrupted.ask(distributions).params
+
+    killed, storage = study_with_history("b")
+    calls = []
+    real_suggest = optuna.trial.Trial._suggest
+
+    def suggest_then_die(self, name, distribution):         # the process dies before storing parameter n + 1
+        if len(calls) == stored_before_kill:
+            raise _KilledInsideAsk
+        calls.append(name)
+        return real_suggest(self, name, distribution)
+
+    monkeypatch.setattr(optuna.trial.Trial, "_suggest", suggest_then_die)
+    with pytest.raises(_KilledInsideAsk):
+        killed.ask(distributions)
+    monkeypatch.undo()
+    left = killed.trials[3]
+    assert left.state == optuna.trial.TrialState.RUNNING and len(left.params) == stored_before_kill
+
+    _finish_interrupted_ask(killed, storage, left, distributions, _sampler(7, 3, startup_trials))
+    assert killed.trials[3].params == expected
 
 
 def test_an_interrupted_search_names_its_trials_store_beside_the_run_store(tmp_path, capsys):
@@ -131,7 +179,7 @@ def test_a_trials_cell_takes_method_sets_over_star_sets_and_its_own_values_over_
 ])
 def test_bad_fixed_values_are_usage_errors_before_any_trial(held, message, tmp_path):
     out = tmp_path / "tune"
-    proc = cli(*TUNE, *held, "--out", str(out), check=False)
+    proc = fer_bench_in_process(*TUNE, *held, "--out", str(out))
     assert proc.returncode == 2 and message in proc.stderr and not (out / "trials").exists(), proc.stderr
 
 
@@ -223,6 +271,6 @@ def test_a_tuned_grid_on_noisy_labels_searches_and_trains_on_them(tmp_path):
 
 def test_startup_trials_below_one_is_a_usage_error_before_any_trial(tmp_path):
     out = tmp_path / "tune"
-    proc = cli(*TUNE, "--startup-trials", "0", "--out", str(out), check=False)
+    proc = fer_bench_in_process(*TUNE, "--startup-trials", "0", "--out", str(out))
     assert proc.returncode == 2 and "--startup-trials must be at least 1, got 0" in proc.stderr, proc.stderr
     assert not (out / "trials").exists()
