@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from inprocess import fer_bench_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "synthetic:size=32,n_train=240,n_val=60,n_test=90"
@@ -76,7 +77,7 @@ def test_budget_gives_every_method_the_same_anchor_images_and_curves_are_stored_
 @pytest.mark.parametrize("budget, message", [("epochs", "of the form epochs=N"), ("steps=3", "budget key 'steps'"),
                                              ("epochs=0", "whole number >= 1")])
 def test_bad_budget_is_a_usage_error(budget, message, tmp_path):
-    proc = fer_bench("run", "--methods", "baseline", "--budget", budget, "--out", str(tmp_path), check=False)
+    proc = fer_bench_in_process("run", "--methods", "baseline", "--budget", budget, "--out", str(tmp_path))
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -123,7 +124,7 @@ def test_metric_plugin_example_from_the_readme_adds_its_metric_to_every_cell(tmp
     (["run", "--set", "*.device=cpu"], "--set *.device: the device of every cell comes from --device"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2(args, message, tmp_path):
-    proc = fer_bench(*args, "--out", str(tmp_path / "x"), check=False)
+    proc = fer_bench_in_process(*args, "--out", str(tmp_path / "x"))
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
@@ -152,8 +153,7 @@ class Diverging(Baseline):
 def test_bad_grid_axes_are_usage_errors_before_any_data_loads(option, value, message, tmp_path):
     """#19 items 1 and 7: a negative noise rate was recorded but never applied; empty axes ran 0 cells."""
     out = tmp_path / "run"
-    proc = fer_bench("run", "--methods", "majority", option, value, "--dataset", TINY, "--out", str(out),
-                     check=False)
+    proc = fer_bench_in_process("run", "--methods", "majority", option, value, "--dataset", TINY, "--out", str(out))
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (out / "results.sqlite").exists()
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from inprocess import fer_bench_in_process
 
 from fer_bench.store import Store
 
@@ -25,6 +26,12 @@ def fer_bench(*args, check=True):
 def majority(out: Path, *extra: str, check=True):
     return fer_bench("run", "--methods", "majority", "--profile", "test", "--dataset", TINY, "--out", str(out),
                      "--device", "cpu", *extra, check=check)
+
+
+def majority_refused(out: Path, *extra: str):
+    """A run of ``majority`` expected to stop with a usage error before any work (in this process: fast)."""
+    return fer_bench_in_process("run", "--methods", "majority", "--profile", "test", "--dataset", TINY,
+                                "--out", str(out), "--device", "cpu", *extra)
 
 
 def one_line(proc, code: int, text: str) -> None:
@@ -63,14 +70,14 @@ def test_out_that_is_a_file_or_under_a_file_is_one_line(tmp_path, where):
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
     out = blocker if where == "file" else blocker / "run"
-    one_line(majority(out, check=False), 2, "not a folder")
+    one_line(majority_refused(out), 2, "not a folder")
 
 
 def test_a_corrupt_store_is_one_line_and_left_as_it_was(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "results.sqlite").write_bytes(b"this is not a database" * 100)
-    proc = majority(out, check=False)
+    proc = majority_refused(out)
     one_line(proc, 2, f"cannot open for writing the results store {out / 'results.sqlite'}")
     assert "move the file away" in proc.stderr
     assert (out / "results.sqlite").read_bytes() == b"this is not a database" * 100
@@ -102,8 +109,8 @@ def test_a_plugin_that_does_not_import_names_its_file_and_line(tmp_path, body, l
 def test_a_noise_matrix_that_flips_nothing_is_refused(tmp_path):
     matrix = tmp_path / "m.csv"
     matrix.write_text(",happy,sad\nhappy,1,0\nsad,0,2\n")
-    proc = majority(tmp_path / "r", "--label-noise", "0.2", "--noise-kind", "asymmetric", "--noise-matrix", str(matrix),
-                    check=False)
+    proc = majority_refused(tmp_path / "r", "--label-noise", "0.2", "--noise-kind", "asymmetric", "--noise-matrix",
+                            str(matrix))
     one_line(proc, 2, "flips nothing")
 
 
