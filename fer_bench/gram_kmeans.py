@@ -87,15 +87,7 @@ def _gram_span(emb, out: "torch.Tensor", span: tuple[int, int], chunk: int, scra
         scratch.buf = torch.empty(chunk, p, d, dtype=torch.float32, device=out.device)   # (c, P, D)
         scratch.staging = None
     x = scratch.buf[:b - a]
-    part = emb[a:b]
-    if isinstance(part, torch.Tensor):
-        x.copy_(part)
-    else:
-        part = np.asarray(part)
-        if scratch.staging is None or scratch.staging.dtype != part.dtype:
-            scratch.staging = np.empty((chunk, p, d), dtype=part.dtype)
-        np.copyto(scratch.staging[:b - a], part)        # same dtype: a plain copy out of the (read-only) memmap
-        x.copy_(torch.from_numpy(scratch.staging[:b - a]))   # torch's vectorised float16 -> float32 conversion
+    x.copy_(_tensor_view(emb[a:b], scratch))            # torch's vectorised float16 -> float32 conversion
     # shifted in place by the first patch (a copy: the subtraction must not see row 0 already zeroed); a fused
     # torch.sub(float16, float32 row, out=x) would be 1.5x slower here (mixed-dtype arithmetic is not vectorised)
     x -= x[:, :1].clone()                                                           # (c, P, D)
@@ -107,6 +99,28 @@ def _gram_span(emb, out: "torch.Tensor", span: tuple[int, int], chunk: int, scra
         torch.bmm(x, x.transpose(1, 2), out=g)
     g -= g.mean(1, keepdim=True)                                   # double centring: the Gram of x - mean patch
     g -= g.mean(2, keepdim=True)
+
+
+def _tensor_view(part: "np.ndarray | torch.Tensor", scratch: threading.local) -> "torch.Tensor":
+    """``part`` as a tensor on its own memory (read straight out of the cache's read-only float16 memmap).
+
+    DLPack passes read-only memory without a copy (``torch.from_numpy`` would warn that the array is not writable);
+    NumPy before 2.1, or a torch that does not ask for DLPack 1.0, refuses to export read-only memory, and then the
+    part is first copied (same dtype) into this thread's staging buffer. Reading the memmap directly saves that
+    copy: 0.0985 -> 0.085 ms/image for the Gram step at 200 images on one thread.
+    """
+    import torch
+    if isinstance(part, torch.Tensor):
+        return part
+    part = np.asarray(part)
+    try:
+        return torch.from_dlpack(part)
+    except (BufferError, TypeError, RuntimeError):
+        if scratch.staging is None or scratch.staging.dtype != part.dtype or len(scratch.staging) < len(part):
+            scratch.staging = np.empty((len(part), *part.shape[1:]), dtype=part.dtype)
+        staged = scratch.staging[:len(part)]
+        np.copyto(staged, part)
+        return torch.from_numpy(staged)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
 """Per-image patch clustering (fer_bench/clustering.py): backends, HDBSCAN mapping, spectral health, caches."""
+import warnings
 from unittest import mock
 
 import numpy as np
@@ -72,6 +73,19 @@ def test_patch_grams_are_the_gram_matrices_of_the_mean_centred_patches():
     ref = centred @ centred.transpose(0, 2, 1)
     ours = PC.patch_grams(torch.from_numpy(x)).double().numpy()
     assert np.abs(ours - ref).max() < 1e-5 * np.abs(ref).max()
+
+
+def test_patch_grams_read_a_read_only_float16_memmap_without_a_copy_or_warning_and_fall_back_to_one(tmp_path):
+    x = random_problems(10, 36, 64, seed=2).astype(np.float16)
+    np.save(tmp_path / "emb.npy", x)
+    cache = np.load(tmp_path / "emb.npy", mmap_mode="r")                 # read-only, as the cache opens it
+    assert not cache.flags.writeable
+    ref = PC.patch_grams(torch.from_numpy(x), chunk=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                    # torch.from_numpy would warn here
+        assert torch.equal(PC.patch_grams(cache, chunk=4), ref)
+    with mock.patch.object(torch, "from_dlpack", side_effect=BufferError("read-only")):   # NumPy < 2.1
+        assert torch.equal(PC.patch_grams(cache, chunk=4), ref)
 
 
 @pytest.mark.parametrize("n_init", [1, 3])
