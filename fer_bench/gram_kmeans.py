@@ -85,7 +85,6 @@ def _gram_span(emb, out: "torch.Tensor", span: tuple[int, int], chunk: int, scra
     p, d = emb.shape[1:]
     if not hasattr(scratch, "buf"):
         scratch.buf = torch.empty(chunk, p, d, dtype=torch.float32, device=out.device)   # (c, P, D)
-        scratch.staging = None
     x = scratch.buf[:b - a]
     x.copy_(_tensor_view(emb[a:b], scratch))            # torch's vectorised float16 -> float32 conversion
     # shifted in place by the first patch (a copy: the subtraction must not see row 0 already zeroed); a fused
@@ -116,7 +115,8 @@ def _tensor_view(part: "np.ndarray | torch.Tensor", scratch: threading.local) ->
     try:
         return torch.from_dlpack(part)
     except (BufferError, TypeError, RuntimeError):
-        if scratch.staging is None or scratch.staging.dtype != part.dtype or len(scratch.staging) < len(part):
+        staging = getattr(scratch, "staging", None)
+        if staging is None or staging.dtype != part.dtype or len(staging) < len(part):
             scratch.staging = np.empty((len(part), *part.shape[1:]), dtype=part.dtype)
         staged = scratch.staging[:len(part)]
         np.copyto(staged, part)
