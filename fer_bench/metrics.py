@@ -85,7 +85,8 @@ def _embeddings(x: object, name: str, func: str) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"The '{name}' parameter of {func} must be a non-empty 2-D array (N, D). "
                          f"Got shape {arr.shape} instead.")
-    if not np.isfinite(arr).all() or float(np.abs(arr).max()) >= _MAX_EMBEDDING:
+    # One pass each for the extremes, no temporaries: NaN propagates to both, so ``not <`` catches it.
+    if not max(float(arr.max()), -float(arr.min())) < _MAX_EMBEDDING:
         raise ValueError(f"The '{name}' parameter of {func} must hold finite numbers of magnitude "
                          f"below {_MAX_EMBEDDING:g} (so that squared distances are finite in "
                          f"float64). Got NaN, inf or a larger number instead.")

@@ -115,6 +115,18 @@ def _onednn_linear() -> bool:
     return y.shape == (1024, 256) and bool((y == 129 * (1 + 2.0 ** -15)).all())  # exact in float32
 
 
+def _onednn_screen() -> bool:
+    """Whether the CPU screen uses oneDNN's products: usable and exact (``_onednn_linear``), and faster.
+
+    Faster where torch runs AVX-512 kernels: there oneDNN's products ran 1.4-2x numpy's (see
+    ``_onednn_linear``). With AVX2 only (a 2-core AMD EPYC VM, 2026-12-06) oneDNN, numpy's OpenBLAS and
+    ``torch.mm`` all ran these products at 91-96 GFLOPS per core, and oneDNN's result must then be
+    copied into the score block: the searches of ``benchmarks/perf/knn_metrics.py`` at RAF-DB's sizes
+    took 5-9 % longer with it. The neighbours are the same either way.
+    """
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and _onednn_linear()
+
+
 class _Scratch(NamedTuple):
     """One thread's buffers for ``_cpu_candidates`` (``_scratch``): the scores of a pass of ``rows``
     queries and a tree of their maxima, block by block.
@@ -180,7 +192,7 @@ def _cpu_candidates(q_aug: np.ndarray, g_aug: np.ndarray, start: int, stop: int,
                     exclude_self: bool, s: _Scratch, onednn: bool = False
                     ) -> tuple[np.ndarray, np.ndarray]:
     """((m, k1) gallery indices, (m, k1) scores) of the k1 best scores of queries start:stop,
-    best first, ties either way. The products: oneDNN's if ``onednn`` (``_onednn_linear``), else
+    best first, ties either way. The products: oneDNN's if ``onednn`` (``_onednn_screen``), else
     numpy's.
 
     Every score is read once, while its block is in cache, by a maximum over its node of
@@ -246,7 +258,7 @@ def _cpu_passes(q_aug: np.ndarray, g_aug: np.ndarray, k1: int, exclude_self: boo
     """
     n_queries = len(q_aug)
     rows = max(1, min(_PASS_ROWS, chunk // threads, -(-n_queries // threads)))  # O(chunk N) memory
-    onednn = q_aug.dtype == np.float32 and _unit_roundoff() == 2.0 ** -24 and _onednn_linear()
+    onednn = q_aug.dtype == np.float32 and _unit_roundoff() == 2.0 ** -24 and _onednn_screen()
     scratch: list[_Scratch | None] = [None] * threads
 
     def work(w: int, passes: list[tuple[int, int]]) -> list[np.ndarray]:

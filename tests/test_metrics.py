@@ -171,6 +171,11 @@ def test_knn_indices_errors():
         M.knn_indices(x, x, 5, exclude_self=True)
     with pytest.raises(ValueError, match="finite"):
         M.knn_indices(np.full((5, 2), np.nan), x, 1)
+    for bad in (np.nan, -np.inf, np.inf, -1e200, 1e200):  # one bad value among finite ones
+        y = np.arange(10.0).reshape(5, 2)
+        y[3, 1] = bad
+        with pytest.raises(ValueError, match="finite"):
+            M.knn_indices(x, y, 1)
     with pytest.raises(ValueError, match="same dimension"):
         M.knn_indices(np.zeros((5, 3)), x, 1)
 
@@ -690,7 +695,7 @@ def test_larger_galleries_match_the_float64_oracle(kind, onednn, threads, monkey
     # numpy's products and (where torch has it) oneDNN's.
     if onednn and not N._onednn_linear():
         pytest.skip("torch's oneDNN linear is not usable here")
-    monkeypatch.setattr(N, "_onednn_linear", lambda: onednn)
+    monkeypatch.setattr(N, "_onednn_screen", lambda: onednn)
     rng = np.random.default_rng(32)
     n = 3000
     if kind == "random":
@@ -733,6 +738,14 @@ def test_exact_distances_are_the_oracles_arithmetic():
         np.testing.assert_array_equal(N._sq_distances(q, g, rows, cols), expected[rows, cols])
 
 
+def test_onednn_screens_only_with_avx512(monkeypatch):
+    # With AVX2 kernels oneDNN's products are no faster than numpy's and cost a copy: numpy screens.
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not N._onednn_screen()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert N._onednn_screen() == N._onednn_linear()
+
+
 def test_onednn_is_used_only_for_plain_float32(monkeypatch):
     # A request for reduced-precision float32 maths (torch's setting, checked per search; the
     # environment, checked once) sends the CPU screen to numpy's products.
@@ -747,7 +760,7 @@ def test_onednn_is_used_only_for_plain_float32(monkeypatch):
     x = np.random.default_rng(34).standard_normal((1000, 8)).astype(np.float32)  # float32 screen
     expected = brute_knn(x, x, 5, True)
     np.testing.assert_array_equal(M.knn_indices(x, x, 5, exclude_self=True), expected)
-    assert set(used) == {N._onednn_linear()}
+    assert set(used) == {N._onednn_screen()}
     used.clear()
     monkeypatch.setattr(N, "_unit_roundoff", lambda: 2.0 ** -11)  # as if TF32 were allowed
     np.testing.assert_array_equal(M.knn_indices(x, x, 5, exclude_self=True), expected)

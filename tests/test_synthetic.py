@@ -430,3 +430,27 @@ def test_export_writes_an_image_folder_a_table_and_a_contact_sheet(tmp_path) -> 
     from PIL import Image
     sheet = Image.open(out["contact_sheet"])
     assert sheet.size[0] > 3 * 32 and sheet.size[1] > 7 * 32
+
+
+def test_render_floor_traces_every_pixel_operation_without_changing_a_byte():
+    # benchmarks/perf/synthetic_render.py --floor: the traced render must be the plain render, and the
+    # replay must run the logged calls (the floor's claim is about exactly these operations).
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "perf" / "synthetic_render.py"
+    spec = importlib.util.spec_from_file_location("synthetic_render_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    windows_before = bench.canvas_module._windows
+    F = S.sample_factors("train", np.arange(24), size=32)
+    canvas = np.empty((24, 3, 32, 32), np.float32)
+    images, log = bench.trace_ufuncs(F, 32, canvas)
+    np.testing.assert_array_equal(images, S.render(F, 32))
+    names = {entry[0].__name__ for entry in log}
+    assert {"multiply", "add", "subtract", "clip", "sqrt"} <= names
+    assert sum(entry[2] for entry in log) / 24 > 32 * 32 * 50       # dozens of operations per pixel
+    for _, method, n, inputs, _, _ in log:
+        assert method in ("__call__", "reduce") and n > 0 and all(isinstance(d, str) for d, _ in inputs)
+    bench.contiguous_replay(log)()                                   # runs: dtypes and arities are right
+    assert bench._Traced.log is None                                 # the patches are undone
+    assert bench.canvas_module._windows is bench.renderer_module._windows is windows_before

@@ -165,11 +165,11 @@ def faiss_knn(train_x, train_y, test_x, test_y, chunk):
 
 def product_floor(train_x, train_y, test_x, test_y, chunk):
     """The float32 matrix products of both searches and nothing else, as ours computes them on the
-    CPU: oneDNN's linear when fer_bench.metrics uses it (else numpy's BLAS), passes of 256
-    queries over torch.get_num_threads() threads, one core each, 1,024 gallery rows per product
+    CPU: oneDNN's linear when fer_bench.metrics uses it (``_onednn_screen``; else numpy's BLAS), passes
+    of 256    queries over torch.get_num_threads() threads, one core each, 1,024 gallery rows per product
     copied into a reused buffer."""
     threads, rows, width = torch.get_num_threads(), 256, 1024
-    onednn = neighbours._onednn_linear()
+    onednn = neighbours._onednn_screen()
     buffers = [np.empty((width, rows), dtype=np.float32) for _ in range(threads)]
 
     def work(w: int, gallery: np.ndarray) -> None:

@@ -14,6 +14,13 @@ For each image size it measures:
 ``--profile`` also prints where one core's time goes at one size (exclusive CPU time of each stage:
 factor sampling, the canvas and geometry, each drawn part, the finish), the table of issue #23.
 
+``--floor`` renders one batch with every pixel array traced (``_Traced``: each ufunc call, operators
+included, is logged with its size and time; the traced bytes are checked against a plain render), then
+runs the logged calls again on contiguous buffers of the same sizes (``contiguous_replay``): the
+drawing's own arithmetic, one numpy call per logged call, with no broadcasting, strided views, gathers,
+new outputs or Python around it. That replay is the floor of any numpy renderer issuing these
+operations; it is timed on one core and on ``--workers`` threads, next to the renderer.
+
 Targets: issue #22 asked for 2,000 images per CPU-second per core at 64 px; issue #23 asks for 10,000
 images per second at 64 px on 2 cores (the split column). CPU time is the fair per-core measure on a
 shared machine, but other processes still slow it (shared caches, memory bandwidth), and wall-clock
@@ -34,6 +41,30 @@ Measured 2026-12-04 16:51 UTC on the 2-core development VM (load average 1.6 bef
 Before issue #23's changes (the issue's figures): 4,538 images per CPU-second and 4,621 images/s on 2 worker
 processes at 64 px. 7,345 misses the 10,000 target; the profile and what bounds it are in
 ``fer_bench/data/synthetic.md`` (Rendering and speed).
+
+Measured again 2026-12-06 02:46-02:47 UTC on a 2-core AMD EPYC VM with AVX2 only (nothing else running; load
+average 0.19 before, 1.16 after, the benchmark's own threads), same options plus ``--floor 64``; same bytes
+everywhere:
+
+| size | render /CPU-s | render_images /CPU-s | split serial | split 2 threads | split 2 processes |
+|---|---|---|---|---|---|
+| 32 | 8,337 | 7,722 | 7,745 | 10,561 | 5,895 |
+| 64 | 3,454 | 3,295 | 3,245 | 4,044 | 3,170 |
+| 128 | 952 | 817 | 990 | 1,229 | 994 |
+
+This VM renders 1.6x slower per core than 12-04's (same code). The floor at 64 px (one batch of 128 images,
+1,507 ufunc calls, 878,925 float32 elements per image; a run at 02:45 on the same VM in brackets):
+
+| measure | us per image | images per core-second | 2 threads, images/s |
+|---|---|---|---|
+| the renderer (canvas reused) | 291 (280) | 3,435 (3,567) | 4,443 (4,623) |
+| its ufunc calls as issued | 203 (201) | | |
+| outside the ufuncs (Python, gathers, scatters, allocation) | 88 (79) | | |
+| the same calls on contiguous buffers: the floor | 167 (148) | 5,990 (6,741) | 9,605 (10,001) |
+
+On these 2 cores the drawing's arithmetic alone, at numpy's contiguous rate and with nothing else, runs at
+9,600-10,000 images/s on 2 threads (threads scale ~1.5x on calls of this size: numpy takes the GIL around
+each call): a numpy renderer of this drawing could reach the target only if everything else cost nothing.
 """
 from __future__ import annotations
 
@@ -42,12 +73,15 @@ import collections
 import functools
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 from fer_bench.data import synthetic as S
+from fer_bench.data.synthetic import canvas as canvas_module
+from fer_bench.data.synthetic import renderer as renderer_module
 from fer_bench.data.synthetic import splits
 from fer_bench.data.synthetic.renderer import _Renderer
 
@@ -159,6 +193,146 @@ def stage_profile(n: int, size: int) -> list[tuple[str, float]]:
     return [("total", total)] + spent.most_common()
 
 
+class _Traced(np.ndarray):
+    """An array whose ufunc calls (operators included) are run on plain arrays, timed and logged."""
+
+    log: list | None = None
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        plain = [x.view(np.ndarray) if isinstance(x, _Traced) else x for x in inputs]
+        if out is not None:
+            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, _Traced) else o for o in out)
+        t = time.perf_counter()
+        result = getattr(ufunc, method)(*plain, **kwargs)
+        seconds = time.perf_counter() - t
+        if _Traced.log is not None:
+            first = result if out is None else kwargs["out"][0]
+            n = np.size(first) if method == "__call__" else np.size(plain[0])
+            inputs_seen = tuple((np.asarray(x).dtype.str, np.size(x) == n) for x in plain)
+            _Traced.log.append((ufunc, method, n, inputs_seen, np.asarray(first).dtype.str, seconds))
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return result.view(_Traced) if isinstance(result, np.ndarray) else result
+
+
+def trace_ufuncs(F: dict, size: int, canvas: np.ndarray) -> tuple[np.ndarray, list]:
+    """Render ``F`` with every pixel array traced: (images, [(ufunc, method, elements, inputs, out dtype, s)]).
+
+    The canvas, the pixel grids, the per-image parameters and the windowed views are made ``_Traced``, so
+    every ufunc touching pixels is logged (ufuncs on per-image scalars only are not: a lower bound).
+    """
+    init, param, windows = canvas_module._Canvas.__init__, canvas_module._Canvas.p, canvas_module._windows
+
+    def traced_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        for name in ("img", "mesh_x", "mesh_y", "nppu", "vcoef"):
+            setattr(self, name, getattr(self, name).view(_Traced))
+
+    canvas_module._Canvas.__init__ = traced_init
+    canvas_module._Canvas.p = lambda self, *a, **k: param(self, *a, **k).view(_Traced)
+    canvas_module._windows = renderer_module._windows = lambda *a: windows(*a).view(_Traced)
+    _Traced.log = []
+    try:
+        images = S.render(F, size, canvas=canvas)
+    finally:
+        canvas_module._Canvas.__init__, canvas_module._Canvas.p = init, param
+        canvas_module._windows = renderer_module._windows = windows
+        log, _Traced.log = _Traced.log, None
+    return np.asarray(images), log
+
+
+def contiguous_replay(log: list):
+    """A function running the logged ufunc calls again, each on contiguous buffers of its size.
+
+    Inputs smaller than the output (per-image parameters) become scalars: no broadcasting, no strided
+    views, no new outputs, one call per logged call. This is the arithmetic of the drawing at numpy's
+    contiguous rate, a floor for any numpy renderer issuing these calls.
+    """
+    top = max(entry[2] for entry in log)
+    buffers: dict[tuple[str, int], np.ndarray] = {}
+
+    def buffer(dtype: str, slot: int) -> np.ndarray:
+        if (dtype, slot) not in buffers:
+            buffers[(dtype, slot)] = np.full(top, 0.5, dtype=np.dtype(dtype))
+        return buffers[(dtype, slot)]
+
+    calls = []
+    for ufunc, method, n, inputs, out_dtype, _ in log:
+        args = [buffer(dtype, slot)[:n] if full else np.dtype(dtype).type(0.5)
+                for slot, (dtype, full) in enumerate(inputs)]
+        if method == "__call__":
+            calls.append((ufunc, args, {"out": buffer(out_dtype, len(inputs))[:n]}))
+        else:
+            calls.append((getattr(ufunc, method), args, {}))
+
+    def run() -> None:
+        for f, args, kwargs in calls:
+            f(*args, **kwargs)
+    return run
+
+
+def _best_seconds(run, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _threads_seconds(run, threads: int, rounds: int) -> float:
+    """Wall seconds for ``threads`` threads each calling ``run`` ``rounds`` times."""
+    def loop() -> None:
+        for _ in range(rounds):
+            run()
+    pool = [threading.Thread(target=loop) for _ in range(threads)]
+    t = time.perf_counter()
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return time.perf_counter() - t
+
+
+def arithmetic_floor(size: int, threads: int, repeats: int) -> dict:
+    """One batch at ``size`` px: the renderer against the arithmetic of its own ufunc calls (see ``--floor``)."""
+    batch = S.batch_size(size)
+    F = S.sample_factors("train", np.arange(batch), size=size)
+    canvas = np.empty((batch, 3, size, size), np.float32)
+    splits._hint_allocator()
+    expected = S.render(F, size, canvas=canvas)
+    render = functools.partial(S.render, F, size, canvas=canvas)
+    traces = [trace_ufuncs(F, size, canvas) for _ in range(repeats)]
+    log = traces[0][1]
+    replay = contiguous_replay(log)
+    rounds = 8
+    seconds = {
+        "render": _best_seconds(render, repeats),
+        "in_ufuncs": min(sum(entry[-1] for entry in t[1]) for t in traces),
+        "replay": _best_seconds(replay, repeats),
+        "render_threads": min(_threads_seconds(render, threads, rounds) for _ in range(repeats)),
+        "replay_threads": min(_threads_seconds(replay, threads, rounds) for _ in range(repeats)),
+    }
+    return {"batch": batch, "calls": len(log), "elements": sum(entry[2] for entry in log) / batch,
+            "same_bytes": all(np.array_equal(expected, t[0]) for t in traces),
+            "rounds": rounds, "threads": threads, **seconds}
+
+
+def print_floor(size: int, f: dict) -> None:
+    per_image = {k: 1e6 * f[k] / f["batch"] for k in ("render", "in_ufuncs", "replay")}
+    rate = {k: f["threads"] * f["rounds"] * f["batch"] / f[f"{k}_threads"] for k in ("render", "replay")}
+    print(f"\nArithmetic floor at {size} px (one batch of {f['batch']} images, {f['calls']:,} ufunc calls, "
+          f"{f['elements']:,.0f} elements per image; traced bytes identical: {f['same_bytes']}):\n\n"
+          f"| measure | us per image | images per core-second | {f['threads']} threads, images/s |\n|---|---|---|---|")
+    print(f"| the renderer (canvas reused) | {per_image['render']:.0f} | {1e6 / per_image['render']:,.0f} "
+          f"| {rate['render']:,.0f} |")
+    print(f"| its ufunc calls as issued (broadcast, strided views, new outputs) | {per_image['in_ufuncs']:.0f} | | |")
+    print(f"| outside the ufuncs (Python, gathers, scatters, allocation) "
+          f"| {per_image['render'] - per_image['in_ufuncs']:.0f} | | |")
+    print(f"| the same calls on contiguous buffers: the floor | {per_image['replay']:.0f} "
+          f"| {1e6 / per_image['replay']:,.0f} | {rate['replay']:,.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2048, help="images per measurement")
@@ -170,6 +344,8 @@ def main() -> None:
                         help="images of the split test at <= 64 px (default: the default train split)")
     parser.add_argument("--profile", type=int, default=0, metavar="SIZE",
                         help="also print the stage profile at SIZE px")
+    parser.add_argument("--floor", type=int, default=0, metavar="SIZE",
+                        help="also compare the renderer at SIZE px with the arithmetic of its own ufunc calls")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -180,6 +356,7 @@ def main() -> None:
         split_n = args.split_n if size <= 64 else 2 * S.CHUNK * args.workers
         rows.append((size, split_n, here, *split_rates(split_n, size, args.workers, args.repeats)))
     profile = stage_profile(args.n, args.profile) if args.profile else []
+    floor = arithmetic_floor(args.floor, args.workers, args.repeats) if args.floor else None
 
     print(f"load average after: {os.getloadavg()[0]:.2f}\n")
     w = args.workers
@@ -202,6 +379,8 @@ def main() -> None:
               "CPU-second, with timers):\n\n| stage | share | us per image |\n|---|---|---|")
         for label, seconds in profile[1:]:
             print(f"| {label} | {100 * seconds / total:.1f}% | {1e6 * seconds / args.n:.1f} |")
+    if floor:
+        print_floor(args.floor, floor)
 
 
 if __name__ == "__main__":
