@@ -103,9 +103,20 @@ run 100 % identical labels to scikit-learn, objective ratio 1.000000:
 | 5,000 (best of 3) | 2 | before | 2.421 | 0.073 (0.065) | 33.3x |
 | 5,000 (best of 3) | 2 | after | 2.344 | 0.069 (0.059) | 34.1x |
 
+Measured again 2026-12-06 02:50-02:53 UTC on the same VM with nothing else running (load average 1.4-1.9, the
+benchmark's own threads, straight after the renderer and kNN benchmarks), the code of commit 476e27b,
+``--methods kmeans``; every run 100 % identical labels to scikit-learn, objective ratio 1.000000:
+
+| images | torch threads | sklearn ms/image | batched ms/image (Gram products) | batched / sklearn speed |
+|---|---|---|---|---|
+| 200 (best of 5) | 1 | 2.350 | 0.117 (0.093) | 20.1x |
+| 200 (best of 5) | 2 | 2.226 | 0.102 (0.078) | 21.8x |
+| 5,000 (best of 3) | 1 | 2.473 | 0.107 (0.092) | 23.1x |
+| 5,000 (best of 3) | 2 | 2.344 | 0.059 (0.052) | 39.5x |
+
 So the default problem (200 images) is at >= 20x on two threads (the PaCa cells' setting) and at 19.6-20.4x on
-one, where the products alone (0.09 ms/image, at this core's SGEMM rate) leave 0.02 ms/image for everything else;
-at the study's 5,000 images it is 23x on one thread and 34x on two.
+one (three runs over two days), where the products alone (0.09 ms/image, at this core's SGEMM rate) leave
+0.02 ms/image for everything else; at the study's 5,000 images it is 23x on one thread and 34-40x on two.
 """
 from __future__ import annotations
 
