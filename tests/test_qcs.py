@@ -23,7 +23,8 @@ from fer_bench.models.three_stage import SmallThreeStage
 from fer_bench.train import SAM
 
 REF = Path(os.environ.get("FER_BENCH_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference")) / "qcs"
-needs_ref = pytest.mark.skipif(not REF.is_dir(), reason=f"reference tensors not found in {REF}")
+needs_ref = pytest.mark.skipif(not REF.is_dir(), reason=f"QCS parity against the official code not checked: reference "
+                               f"tensors not found in {REF} (set FER_BENCH_REFERENCE to the folder holding qcs/)")
 
 # official state_dict key (regex) -> our key, applied in order
 NAME_MAP: list[tuple[str, str]] = [
