@@ -654,14 +654,16 @@ def test_largest_returns_a_top_k_set_despite_ties():
     assert N._largest(values[:, :5], 9).shape == (200, 5)  # fewer columns than k: all of them
 
 
+@pytest.mark.parametrize("fanout", [4, 8])
 @pytest.mark.parametrize("onednn", [False, True])
 @pytest.mark.parametrize("n_gallery", [5, 70, 1000, 5000])
-def test_cpu_candidates_are_the_best_scores(n_gallery, onednn):
+def test_cpu_candidates_are_the_best_scores(n_gallery, onednn, fanout, monkeypatch):
     # Small integers: every score is exact in float32, so the k1 best are known exactly (up to
     # ties). Galleries from one partial block to several blocks, a selection among all items (no
-    # tree) and trees of 1 to 4 levels; numpy's products and oneDNN's.
+    # tree) and trees of 2 to 4 levels; numpy's products and oneDNN's; 4 and 8 children per node.
     if onednn and not N._onednn_linear():
         pytest.skip("torch's oneDNN linear is not usable here")
+    monkeypatch.setattr(N, "_FANOUT", fanout)
     rng = np.random.default_rng(31)
     g_aug = rng.integers(-4, 5, (n_gallery, 9)).astype(np.float32)
     q_aug = g_aug[:min(n_gallery, 300)].copy()
@@ -685,13 +687,14 @@ def test_cpu_candidates_are_the_best_scores(n_gallery, onednn):
                 assert all(len(set(row)) == k1 for row in cand.tolist())
                 if exclude_self:
                     assert not (cand == rows).any()
-    assert heights == {5: {0}, 70: {0}, 1000: {2}, 5000: {4}}[n_gallery]
+    expected = {4: {5: {0}, 70: {0}, 1000: {2}, 5000: {4}}, 8: {5: {0}, 70: {0}, 1000: {0, 2}, 5000: {3}}}
+    assert heights == expected[fanout][n_gallery]
 
 
 @pytest.mark.parametrize("onednn", [False, True])
 @pytest.mark.parametrize("kind", ["random", "tied", "duplicates"])
 def test_larger_galleries_match_the_float64_oracle(kind, onednn, threads, monkeypatch):
-    # 3,000 items: three levels of the tree, several gallery blocks and passes, 1 and 2 threads,
+    # 3,000 items: two levels of the tree, several gallery blocks and passes, 1 and 2 threads,
     # numpy's products and (where torch has it) oneDNN's.
     if onednn and not N._onednn_linear():
         pytest.skip("torch's oneDNN linear is not usable here")

@@ -48,18 +48,19 @@ Before (issue #23): ours / faiss 1.32 at N = 50,000 (11.9 s against 9.0 s).
 Measured again 2026-12-06 on a 2-core AMD EPYC VM with AVX2 only (Zen 3, 512 KiB L2 per core; nothing else
 running, load average 0.8-2.0, the benchmark's own threads), torch 2 threads, faiss-cpu 1.15.1; neighbour lists
 equal to both peers' in every run. Before: the code of 12-04 (oneDNN products), 02:47 UTC, ``--repeats 2``;
-after: numpy's products unless torch has AVX-512 kernels (``neighbours._onednn_screen``), 03:02 UTC,
+numpy: numpy's products unless torch has AVX-512 kernels (``neighbours._onednn_screen``), 03:02 UTC,
+``--repeats 3``; fan-out 8: also 8 children per node of the tree of maxima instead of 4, 03:56 UTC,
 ``--repeats 3``:
 
-| problem | ours / faiss before | after | ours / sklearn after |
-|---|---|---|---|
-| N = 50,000, D = 128 | 0.84 | 0.86 | 0.49 |
-| 3,068 x 12,271, D = 128 | 1.21 | 1.20 | 0.62 |
-| 3,068 x 12,271, D = 256 | 1.07 | 1.13 | 0.58 |
-| 3,068 x 12,271, D = 512 | 1.23 | 1.11 | 0.55 |
+| problem | ours / faiss before | numpy | fan-out 8 | ours / sklearn, fan-out 8 |
+|---|---|---|---|---|
+| N = 50,000, D = 128 | 0.84 | 0.86 | 0.86 | 0.47 |
+| 3,068 x 12,271, D = 128 | 1.21 | 1.20 | 1.11 | 0.56 |
+| 3,068 x 12,271, D = 256 | 1.07 | 1.13 | 1.13 | 0.55 |
+| 3,068 x 12,271, D = 512 | 1.23 | 1.11 | 1.10 | 0.53 |
 
 On this VM every float32 product (oneDNN, numpy's OpenBLAS, ``torch.mm``, faiss's OpenBLAS) runs at 77-96
-GFLOP/s per core, and ours is 1.1-1.2x faiss at RAF-DB's sizes (0.75-0.95 on 12-04's AVX-512 VM, where oneDNN
+GFLOP/s per core, and ours is 1.10-1.13x faiss at RAF-DB's sizes (0.75-0.95 on 12-04's AVX-512 VM, where oneDNN
 ran 1.4-2x the others). faiss's wall time moved by up to 25 % between repeats of one run, more than the
 engine change (5-9 % in an interleaved A/B, best of 10 x 2); at these sizes our products alone (the
 "product" row) take 75-85 % of faiss's whole search, and the rest of ours (the tree of maxima, the selections,
