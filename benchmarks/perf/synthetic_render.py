@@ -53,18 +53,22 @@ everywhere:
 | 128 | 952 | 817 | 990 | 1,229 | 994 |
 
 This VM renders 1.6x slower per core than 12-04's (same code). The floor at 64 px (one batch of 128 images,
-1,507 ufunc calls, 878,925 float32 elements per image; a run at 02:45 on the same VM in brackets):
+1,507 ufunc calls, 878,925 float32 elements per image), three runs of ``--sizes 64 --split-n 2048 --repeats 3
+--floor 64`` at 04:25-04:26 UTC on the same VM (load average 0.2-0.9), each thread with its own canvas and
+buffers (runs at 02:45-02:47 shared them between the two threads, which timed cache-line contention and read
+4,443-4,623 and 9,605-10,001/s on 2 threads):
 
 | measure | us per image | images per core-second | 2 threads, images/s |
 |---|---|---|---|
-| the renderer (canvas reused) | 291 (280) | 3,435 (3,567) | 4,443 (4,623) |
-| its ufunc calls as issued | 203 (201) | | |
-| outside the ufuncs (Python, gathers, scatters, allocation) | 88 (79) | | |
-| the same calls on contiguous buffers: the floor | 167 (148) | 5,990 (6,741) | 9,605 (10,001) |
+| the renderer (canvas reused) | 300-338 | 2,959-3,334 | 3,583-4,266 |
+| its ufunc calls as issued | 223-246 | | |
+| outside the ufuncs (Python, gathers, scatters, allocation) | 77-99 | | |
+| the same calls on contiguous buffers: the floor | 174-177 | 5,647-5,739 | 8,295-9,937 |
 
 On these 2 cores the drawing's arithmetic alone, at numpy's contiguous rate and with nothing else, runs at
-9,600-10,000 images/s on 2 threads (threads scale ~1.5x on calls of this size: numpy takes the GIL around
-each call): a numpy renderer of this drawing could reach the target only if everything else cost nothing.
+8,300-9,900 images/s on 2 threads (threads scale 1.5-1.75x on calls of this size: numpy takes the GIL around
+each call; the best run 9,937/s): a numpy renderer of this drawing stays under the target even if everything
+else cost nothing.
 """
 from __future__ import annotations
 
@@ -280,12 +284,16 @@ def _best_seconds(run, repeats: int) -> float:
     return best
 
 
-def _threads_seconds(run, threads: int, rounds: int) -> float:
-    """Wall seconds for ``threads`` threads each calling ``run`` ``rounds`` times."""
-    def loop() -> None:
+def _threads_seconds(make_run, threads: int, rounds: int) -> float:
+    """Wall seconds for ``threads`` threads each calling its own ``make_run()`` ``rounds`` times.
+
+    Each thread gets its own function (its own canvas or buffers, made before the clock starts): threads
+    writing the same memory would time cache-line contention between the cores, not the work.
+    """
+    def loop(run) -> None:
         for _ in range(rounds):
             run()
-    pool = [threading.Thread(target=loop) for _ in range(threads)]
+    pool = [threading.Thread(target=loop, args=(make_run(),)) for _ in range(threads)]
     t = time.perf_counter()
     for thread in pool:
         thread.start()
@@ -301,17 +309,22 @@ def arithmetic_floor(size: int, threads: int, repeats: int) -> dict:
     canvas = np.empty((batch, 3, size, size), np.float32)
     splits._hint_allocator()
     expected = S.render(F, size, canvas=canvas)
-    render = functools.partial(S.render, F, size, canvas=canvas)
     traces = [trace_ufuncs(F, size, canvas) for _ in range(repeats)]
     log = traces[0][1]
-    replay = contiguous_replay(log)
+
+    def make_render():
+        return functools.partial(S.render, F, size, canvas=np.empty_like(canvas))
+
+    def make_replay():
+        return contiguous_replay(log)
+
     rounds = 8
     seconds = {
-        "render": _best_seconds(render, repeats),
+        "render": _best_seconds(make_render(), repeats),
         "in_ufuncs": min(sum(entry[-1] for entry in t[1]) for t in traces),
-        "replay": _best_seconds(replay, repeats),
-        "render_threads": min(_threads_seconds(render, threads, rounds) for _ in range(repeats)),
-        "replay_threads": min(_threads_seconds(replay, threads, rounds) for _ in range(repeats)),
+        "replay": _best_seconds(make_replay(), repeats),
+        "render_threads": min(_threads_seconds(make_render, threads, rounds) for _ in range(repeats)),
+        "replay_threads": min(_threads_seconds(make_replay, threads, rounds) for _ in range(repeats)),
     }
     return {"batch": batch, "calls": len(log), "elements": sum(entry[2] for entry in log) / batch,
             "same_bytes": all(np.array_equal(expected, t[0]) for t in traces),
