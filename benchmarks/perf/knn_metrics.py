@@ -12,9 +12,9 @@ and 512 (``--no-real-sizes`` skips them; being short, they are timed best of 5 x
 
 sklearn and faiss searches feed the same few lines of numpy that turn neighbour indices into
 Recall@K and kNN accuracy, so the times compare the searches. "product" is the floor under
-ours: the float32 matrix products of both searches as ours computes them (torch's oneDNN linear
+ours: the float32 matrix products of both searches with ours' engine (torch's oneDNN linear
 where fer_bench.metrics uses it, else numpy's BLAS; passes of 256 queries over torch's thread
-count, 1,024 gallery rows per product), without the selection; its "ours/x" column is ours over
+count, 1,024 gallery rows per product: ``product_floor``), without the selection; its "ours/x" column is ours over
 that floor. The neighbour lists are checked: rows whose first neighbour differs must be distance
 ties. Targets (issue #23): ours <= faiss and ours < sklearn, at every size.
 
@@ -185,10 +185,11 @@ def faiss_knn(train_x, train_y, test_x, test_y, chunk):
 
 
 def product_floor(train_x, train_y, test_x, test_y, chunk):
-    """The float32 matrix products of both searches and nothing else, as ours computes them on the
+    """The float32 matrix products of both searches and nothing else, with ours' product engine on the
     CPU: oneDNN's linear when fer_bench.metrics uses it (``_onednn_screen``; else numpy's BLAS), passes
-    of 256    queries over torch.get_num_threads() threads, one core each, 1,024 gallery rows per product
-    copied into a reused buffer."""
+    of 256 queries over torch.get_num_threads() threads, one core each, 1,024 gallery rows per product
+    written into a reused buffer (ours: passes of up to ``_PASS_ROWS`` queries, blocks of about
+    ``_SCORE_BLOCK_BYTES`` of scores, and one more dimension for the norms)."""
     threads, rows, width = torch.get_num_threads(), 256, 1024
     onednn = neighbours._onednn_screen()
     buffers = [np.empty((width, rows), dtype=np.float32) for _ in range(threads)]
