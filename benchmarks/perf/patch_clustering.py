@@ -117,6 +117,29 @@ benchmark's own threads, straight after the renderer and kNN benchmarks), the co
 So the default problem (200 images) is at >= 20x on two threads (the PaCa cells' setting) and at 19.6-20.4x on
 one (three runs over two days), where the products alone (0.09 ms/image, at this core's SGEMM rate) leave
 0.02 ms/image for everything else; at the study's 5,000 images it is 23x on one thread and 34-40x on two.
+
+That holds on that AVX2 VM. Measured 2026-12-06 04:59-05:12 UTC on a 2-core AMD EPYC VM of another kind (Zen 5,
+AVX-512, 1 MiB L2 per core; nothing else running, load average 0.3-1.5, the benchmark's own threads), the same
+code (commit bf34e9d), ``--methods kmeans``, runs at different times; every run 100 % identical labels to
+scikit-learn, objective ratio 1.000000:
+
+| images | torch threads | sklearn ms/image | batched ms/image (Gram products) | batched / sklearn speed |
+|---|---|---|---|---|
+| 200 (best of 3, 5 or 7; six runs) | 1 | 0.968-1.023 | 0.067-0.076 (0.056-0.062) | 12.9-14.7x |
+| 200 (best of 3 or 5; four runs) | 2 | 0.971-1.029 | 0.052-0.063 (0.039-0.049) | 15.8-18.8x |
+| 5,000 (best of 3; two runs) | 1 | 0.953-1.000 | 0.063-0.070 (0.054-0.060) | 14.2-15.2x |
+| 5,000 (best of 3; two runs) | 2 | 0.971-1.004 | 0.035-0.041 (0.030-0.036) | 24.8-28.1x |
+
+There scikit-learn's per-image KMeans runs 2.3x faster than on the AVX2 VM, and our products do not: numpy's
+OpenBLAS (0.3.31) and scipy's (0.3.30) both identify this CPU as Haswell and run their AVX2 kernels. One image's
+X X^T, warm, on one core: 35 us through numpy (OpenBLAS ``ssyrk``, which numpy's matmul calls when both operands
+are one array), 42 us per image inside the batched matmul of 32 images, 55 us as a GEMM of two buffers; oneDNN's
+AVX-512 linear 45 us (40 with the weight laid out beforehand, which costs 118 us), ``torch.bmm`` 64 us. No
+float32 engine here beats numpy's call for this shape (oneDNN is 2.2x faster only on large products: 283 GFLOP/s
+at 1,152 x 2,048 x 1,152); bfloat16 products take 18 us but round the inputs. So the products alone cap one
+thread at ~23x, and the rest (float16 conversion 3 us, the shift 4, the double centring, the k-means steps 8.5:
+seeding 1.2, five Lloyd steps 5.4) puts it at 13-15x; chunks of 2-16 images instead of 32 did not help
+(12.6-14.4x). At 5,000 images on two threads (the study's size) the target holds; at 200 it does not.
 """
 from __future__ import annotations
 

@@ -69,6 +69,26 @@ On these 2 cores the drawing's arithmetic alone, at numpy's contiguous rate and 
 8,300-9,900 images/s on 2 threads (threads scale 1.5-1.75x on calls of this size: numpy takes the GIL around
 each call; the best run 9,937/s): a numpy renderer of this drawing stays under the target even if everything
 else cost nothing.
+
+That bound is this AVX2 VM's. Measured 2026-12-06 04:59-05:12 UTC on a 2-core AMD EPYC VM of another kind (Zen 5,
+AVX-512, 1 MiB L2 per core; nothing else running, load average 0.1-1.7, the benchmarks' own threads), the same
+code (commit bf34e9d), ``--sizes 64 --workers 2`` with ``--floor 64`` or ``--profile 64``, three runs, same bytes
+everywhere: render 7,433-7,529 images per CPU-second, split serial 6,756-7,145/s, split 2 threads 7,751-9,174/s
+(1.10-1.28x serial), 2 spawned processes 6,234-6,943/s. The floor (two runs):
+
+| measure | us per image | images per core-second | 2 threads, images/s |
+|---|---|---|---|
+| the renderer (canvas reused) | 137-148 | 6,760-7,280 | 7,865-8,305 |
+| its ufunc calls as issued | 100-101 | | |
+| outside the ufuncs (Python, gathers, scatters, allocation) | 38-47 | | |
+| the same calls on contiguous buffers: the floor | 82-84 | 11,895-12,252 | 14,151-14,888 |
+
+There the floor is above the target and the renderer is not: 10,000/s would need about 128 us per image on one
+core at the threads' 1.28x, 7-14 % below today's, out of the 38-47 us outside the ufuncs and the 16-19 us the
+ufuncs lose to broadcast and strided operands. Tried on that VM and left: batches of 64-512 images and chunks of
+512 or 1,024 images (batches of 128 and chunks of 512, today's, stay best; batches of 256 or more ran serially
+at 50-60 % of the speed), 3 or 4 threads (6,600-8,200/s against 8,800-9,100 for 2 in the same runs) and
+``sys.setswitchinterval`` 0.2-5 ms (no change).
 """
 from __future__ import annotations
 
