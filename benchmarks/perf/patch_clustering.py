@@ -139,7 +139,11 @@ float32 engine here beats numpy's call for this shape (oneDNN is 2.2x faster onl
 at 1,152 x 2,048 x 1,152); bfloat16 products take 18 us but round the inputs. So the products alone cap one
 thread at ~23x, and the rest (float16 conversion 3 us, the shift 4, the double centring, the k-means steps 8.5:
 seeding 1.2, five Lloyd steps 5.4) puts it at 13-15x; chunks of 2-16 images instead of 32 did not help
-(12.6-14.4x). At 5,000 images on two threads (the study's size) the target holds; at 200 it does not.
+(12.6-14.4x). At 5,000 images on two threads (the study's size) the target holds; at 200 it does not. Also tried
+there and dropped: each of two threads clustering its half of the images as soon as that half's Grams were done,
+beside the other thread's products (so that the GIL-bound k-means steps overlap products instead of following
+them): 1.01-1.04x the time at 200 images (two k-means passes of 100 problems cost nearly twice one of 200: the
+steps are per-operation overheads), 0.97x at 5,000; the same labels.
 """
 from __future__ import annotations
 
