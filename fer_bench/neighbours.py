@@ -124,7 +124,9 @@ def _onednn_screen() -> bool:
     ``torch.mm`` all ran these products at 91-96 GFLOPS per core, and oneDNN's result must then be
     copied into the score block: the searches of ``benchmarks/perf/knn_metrics.py`` at RAF-DB's sizes
     (3,068 x 12,271, D = 128-512, 2 threads) took 5-9 % longer with it, interleaved with numpy's, best
-    of 10. The neighbours are the same either way.
+    of 10. On a Zen 5 VM with AVX-512 (2026-12-06) the rule held again: those searches took 0.69-0.86x
+    faiss's time with oneDNN and 1.10-1.11x with numpy's products (``knn_metrics.py``'s docstring). The
+    neighbours are the same either way.
     """
     return torch.backends.cpu.get_cpu_capability() == "AVX512" and _onednn_linear()
 
